@@ -1,0 +1,178 @@
+"""Arithmetic ablations: which exploration bonus / estimator / shaping learns the task.
+
+Runs ``progrl train arithmetic`` once per (variant, seed) in parallel subprocesses, reads
+each run's final held-out evaluation, and prints (or writes into docs/results.md) a table:
+final greedy accuracy, mean paper reward, distinct greedy answers, and whether the policy
+collapsed (one answer for every held-out prompt).
+
+    python bench/arith_ablation.py --suite ablation --seeds 0 1 2 --jobs 2
+    python bench/arith_ablation.py --suite sweep --device cuda --jobs 12 --markdown docs/results.md
+
+Every variant of a suite uses the same RL budget (``--samples``, default the paper's
+131,072 sampled answers) and the same warm start, so rows are comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Each variant: overrides on top of the task defaults (the `progrl train arithmetic` default).
+PPO_BASE = {"algo.estimator": "gae", "rollout.num_generations": 1, "rollout.batch_size": 128,
+            "algo.epochs": 4, "algo.minibatch_size": 32, "algo.whiten_advantages": True,
+            "algo.entropy_coef": 0.0, "algo.batch_entropy_coef": 0.0}
+SUITES: dict[str, dict[str, dict]] = {
+    # the foundation issue's ablation: PPO with no entropy term / token entropy / batch entropy
+    "ablation": {
+        "ppo (no entropy)": {**PPO_BASE},
+        "ppo + token entropy 0.1": {**PPO_BASE, "algo.entropy_coef": 0.1},
+        "ppo + batch entropy 0.1": {**PPO_BASE, "algo.batch_entropy_coef": 0.1},
+    },
+    # critic-free estimators on the same loop (8 samples per prompt, one update per batch)
+    "estimators": {
+        "grpo (G=8)": {"algo.estimator": "grpo", "rollout.num_generations": 8, "rollout.batch_size": 16,
+                       "algo.epochs": 1, "algo.minibatch_size": 128, "algo.whiten_advantages": False},
+        "rloo (G=8)": {"algo.estimator": "rloo", "rollout.num_generations": 8, "rollout.batch_size": 16,
+                       "algo.epochs": 1, "algo.minibatch_size": 128, "algo.whiten_advantages": False},
+    },
+}
+
+
+def toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return json.dumps(v) if isinstance(v, str) else str(v)
+
+
+def variant_steps(overrides: dict, samples: int) -> int:
+    per_step = int(overrides.get("rollout.batch_size", 128)) * int(overrides.get("rollout.num_generations", 1))
+    return max(1, samples // per_step)
+
+
+def run_one(name: str, overrides: dict, seed: int, args, out_root: Path) -> dict:
+    slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")
+    out = out_root / f"{slug}-s{seed}"
+    steps = variant_steps(overrides, args.samples)
+    cmd = [sys.executable, "-m", "progrl", "train", "arithmetic", "--steps", str(steps), "--seed", str(seed),
+           "--out", str(out), "--set", "log.progress=false", "--set", f"device={args.device}",
+           "--set", "log.checkpoint_every=0", "--set", f"threads={args.threads}"]
+    if args.eval_every:
+        cmd += ["--set", f"eval.every={max(1, steps // args.eval_every)}"]
+    for k, v in overrides.items():
+        cmd += ["--set", f"{k}={toml_value(v)}"]
+    for kv in args.set:
+        cmd += ["--set", kv]
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    elapsed = time.time() - t0
+    if proc.returncode != 0:
+        return {"variant": name, "seed": seed, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:],
+                "seconds": elapsed}
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    evals = [r for r in rows if r["phase"] == "eval"]
+    train = [r for r in rows if r["phase"] == "train"]
+    return {"variant": name, "seed": seed, "steps": steps, "seconds": elapsed,
+            "accuracy_before": evals[0].get("accuracy"), "accuracy": evals[-1].get("accuracy"),
+            "mean_reward": evals[-1].get("mean_reward"), "distinct": evals[-1].get("distinct_answers"),
+            "train_reward_last": statistics.mean(r["reward_mean"] for r in train[-10:]) if train else None,
+            "curve": [(r["step"], r.get("accuracy")) for r in evals], "out": str(out)}
+
+
+def summarise(results: list[dict]) -> list[dict]:
+    by: dict[str, list[dict]] = {}
+    for r in results:
+        by.setdefault(r["variant"], []).append(r)
+    rows = []
+    for name, rs in by.items():
+        ok = [r for r in rs if "error" not in r]
+        if not ok:
+            rows.append({"variant": name, "error": rs[0]["error"]})
+            continue
+        acc = [r["accuracy"] for r in ok]
+        rows.append({
+            "variant": name, "seeds": len(ok),
+            "accuracy": statistics.mean(acc), "accuracy_sd": statistics.pstdev(acc) if len(acc) > 1 else 0.0,
+            "accuracy_each": acc,
+            "mean_reward": statistics.mean(r["mean_reward"] for r in ok),
+            "distinct": statistics.mean(r["distinct"] for r in ok),
+            "collapsed": sum(1 for r in ok if r["distinct"] <= 1),
+            "minutes": statistics.mean(r["seconds"] for r in ok) / 60,
+        })
+    return rows
+
+
+def markdown(rows: list[dict], title: str, args) -> str:
+    lines = [f"## {title}", "",
+             f"Budget per run: {args.samples:,} sampled answers; device {args.device}; seeds "
+             f"{', '.join(map(str, args.seeds))}; extra settings: {' '.join(args.set) or 'none'}. "
+             f"Reproduce: `python bench/arith_ablation.py --suite {args.suite} --seeds "
+             f"{' '.join(map(str, args.seeds))} --samples {args.samples}`.", "",
+             "| variant | held-out accuracy (mean ± sd) | per seed | mean reward | distinct answers | collapsed runs | minutes/run |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['variant']} | failed: {r['error']} | | | | | |")
+            continue
+        lines.append(f"| {r['variant']} | {r['accuracy']:.3f} ± {r['accuracy_sd']:.3f} | "
+                     f"{', '.join(f'{a:.3f}' for a in r['accuracy_each'])} | {r['mean_reward']:.3f} | "
+                     f"{r['distinct']:.0f} | {r['collapsed']}/{r['seeds']} | {r['minutes']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, title: str, text: str) -> None:
+    """Replace the section headed ``## title`` in ``path`` (or append it)."""
+    old = path.read_text() if path.exists() else "# Results\n"
+    head = f"## {title}"
+    if head in old:
+        before, _, rest = old.partition(head)
+        nxt = rest.find("\n## ")
+        after = rest[nxt + 1:] if nxt >= 0 else ""
+        new = before + text + ("\n" + after if after else "")
+    else:
+        new = old.rstrip("\n") + "\n\n" + text
+    path.write_text(new)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--suite", default="ablation", choices=sorted(SUITES) + ["all"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--samples", type=int, default=131_072, help="sampled answers per run (RL budget)")
+    p.add_argument("--jobs", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--eval-every", type=int, default=0, help="evaluations per run (for curves)")
+    p.add_argument("--set", action="append", default=[], help="extra override for every run, key=value")
+    p.add_argument("--out", default="bench/out/arith")
+    p.add_argument("--markdown", help="write the table into this markdown file (its own section)")
+    p.add_argument("--json", help="write all per-run results to this JSON file")
+    args = p.parse_args(argv)
+    suites = SUITES if args.suite == "all" else {args.suite: SUITES[args.suite]}
+    variants = {k: v for s in suites.values() for k, v in s.items()}
+    out_root = ROOT / args.out
+    jobs = [(n, o, s) for n, o in variants.items() for s in args.seeds]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(lambda j: run_one(*j, args, out_root), jobs))
+    rows = summarise(results)
+    title = f"Arithmetic {args.suite}"
+    text = markdown(rows, title, args)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    if args.markdown:
+        write_section(Path(args.markdown), title, text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

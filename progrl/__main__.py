@@ -1,0 +1,5 @@
+import sys
+
+from progrl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,103 @@
+"""The policy: a Hugging Face causal LM, optionally with a value head on the shared trunk.
+
+The value head is one linear layer on the last hidden state (classic TRL's
+``AutoModelForCausalLMWithValueHead``). Estimators that need no critic build the policy
+without it: no value head, no value forward, no critic optimiser state.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+class ValueHead(nn.Module):
+    """``V(s_t) = w . h_t + b`` on the last hidden state ``h_t`` (kept in float32)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.summary = nn.Linear(hidden_size, 1)
+        nn.init.normal_(self.summary.weight, std=1.0 / (hidden_size + 1))
+        nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.summary(hidden.float()).squeeze(-1)
+
+
+def hidden_size_of(config) -> int:
+    for name in ("hidden_size", "n_embd", "d_model"):
+        if getattr(config, name, None):
+            return int(getattr(config, name))
+    text_config = getattr(config, "text_config", None)
+    if text_config is not None:
+        return hidden_size_of(text_config)
+    raise ValueError("cannot find the hidden size in the model config")
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding: 0 at each sequence's first real token."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class Policy(nn.Module):
+    """A causal LM plus an optional value head; ``forward`` returns logits and values."""
+
+    def __init__(self, lm: nn.Module, value_head: bool = True):
+        super().__init__()
+        self.lm = lm
+        self.value_head = ValueHead(hidden_size_of(lm.config)) if value_head else None
+
+    @property
+    def config(self):
+        return self.lm.config
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: torch.Tensor | None = None, past_key_values=None, use_cache: bool = False):
+        """Returns ``(logits, values or None, past_key_values)``.
+
+        ``position_ids`` default to positions derived from the attention mask, so left
+        padding never shifts the real tokens' positions.
+        """
+        if position_ids is None:
+            position_ids = position_ids_from_mask(attention_mask)
+        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      past_key_values=past_key_values, use_cache=use_cache,
+                      output_hidden_states=self.value_head is not None)
+        values = self.value_head(out.hidden_states[-1]) if self.value_head is not None else None
+        return out.logits, values, getattr(out, "past_key_values", None)
+
+
+class Reference:
+    """The frozen reference policy used by the KL term.
+
+    Either a frozen copy of the initial LM, or — for LoRA — the trained model itself with
+    its adapter disabled (no second copy of the weights).
+    """
+
+    def __init__(self, policy: Policy, use_adapter_disable: bool = False):
+        self.use_adapter_disable = use_adapter_disable
+        self._policy = policy
+        if use_adapter_disable:
+            self.lm = None
+        else:
+            self.lm = copy.deepcopy(policy.lm).eval()
+            for p in self.lm.parameters():
+                p.requires_grad_(False)
+
+    @contextmanager
+    def _model(self):
+        if self.use_adapter_disable:
+            with self._policy.lm.disable_adapter():
+                yield self._policy.lm
+        else:
+            yield self.lm
+
+    @torch.no_grad()
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        with self._model() as lm:
+            out = lm(input_ids=input_ids, attention_mask=attention_mask,
+                     position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+        return out.logits

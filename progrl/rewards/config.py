@@ -1,0 +1,99 @@
+"""The ``[reward]`` section of the training config.
+
+Defaults and their reasons (see docs/rewards.md for the user-facing version):
+
+- ``backend = "process"``: untrusted or heavy rewards (compilers, game engines, generated
+  code) are isolated in worker processes with a hard timeout and a memory cap. Built-in
+  tasks whose reward is cheap, pure Python set ``backend = "inline"`` in their own
+  defaults (e.g. arithmetic); a user config still overrides that.
+- ``on_timeout = on_error = on_crash = 0.01``: the paper (Padula & Soemers 2024, game
+  synthesis) scores an engine timeout or engine error as 0.01, just above the 0 of a
+  non-compiling answer. A crash is an engine error seen from outside the process.
+- ``on_nan = 0.0``: the paper maps NaN to 0.
+- ``on_inf = on_type = on_length = 0.0``: nothing in the paper; 0 is the neutral value.
+- ``on_none = 0.0``: TRL's convention: ``None`` means "this function does not apply to
+  this sample", i.e. it adds nothing to the weighted sum.
+
+Every ``on_*`` value may instead be ``"drop"``: the sample then gets no reward and is left
+out of the policy update.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+FailureValue = Union[float, Literal["drop"]]
+
+
+class RewardFunctionConfig(BaseModel):
+    """One reward function: where it is, its weight, and keyword arguments for it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fn: str = Field(min_length=1)  # "path/to/file.py:function" or "package.module:function"
+    weight: float = 1.0
+    name: str | None = None  # key in per-function results; default: the function's name
+    kwargs: dict[str, Any] = {}  # extra keyword arguments passed on every call
+    batched: bool | None = None  # None: detect from the signature (first parameter prompts/completions)
+
+    @field_validator("weight")
+    @classmethod
+    def _finite_weight(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("weight must be a finite number")
+        return v
+
+
+class RewardConfig(BaseModel):
+    """How rewards are computed: which functions, where they run, and failure handling."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    functions: list[RewardFunctionConfig] = []  # empty: the task's own reward functions
+    backend: Literal["inline", "process", "ray"] = "process"
+    timeout: float = Field(10.0, gt=0)  # seconds per call of a reward function (hard for process/ray)
+    workers: int = Field(2, ge=1)  # worker processes (process) or actors (ray)
+    memory_mb: int | None = Field(None, ge=16)  # address space a call may add in a worker (RLIMIT_AS)
+    batch_size: int = Field(32, ge=1)  # max samples per message to a worker / per batched call
+    cache: bool = False  # reuse rewards of identical (prompt, completion, columns) per function
+    cache_size: int = Field(100_000, ge=1)  # entries kept per function (least recently used dropped)
+    show_output: bool = False  # let reward functions' stdout/stderr through (default: discarded)
+    ray_address: str | None = None  # None: connect to a running Ray instance or start a local one
+
+    on_timeout: FailureValue = 0.01
+    on_error: FailureValue = 0.01
+    on_crash: FailureValue = 0.01
+    on_nan: FailureValue = 0.0
+    on_inf: FailureValue = 0.0
+    on_none: FailureValue = 0.0
+    on_type: FailureValue = 0.0
+    on_length: FailureValue = 0.0
+
+    @field_validator("functions", mode="before")
+    @classmethod
+    def _spec_strings(cls, v: Any) -> Any:
+        """Allow the short form ``functions = ["file.py:fn", ...]`` (weight 1)."""
+        if isinstance(v, list):
+            return [{"fn": item} if isinstance(item, str) else item for item in v]
+        return v
+
+    @field_validator("on_timeout", "on_error", "on_crash", "on_nan", "on_inf", "on_none", "on_type",
+                     "on_length")
+    @classmethod
+    def _finite_failure_value(cls, v: FailureValue) -> FailureValue:
+        if v != "drop" and not math.isfinite(v):
+            raise ValueError('must be a finite number or "drop"')
+        return v
+
+    def failure_policy(self) -> dict[str, float | None]:
+        """Value given to each failure kind; ``None`` means the sample is dropped."""
+        from progrl.rewards.failures import FAILURE_KINDS
+
+        policy: dict[str, float | None] = {}
+        for kind in FAILURE_KINDS:
+            v = getattr(self, f"on_{kind}")
+            policy[kind] = None if v == "drop" else float(v)
+        return policy

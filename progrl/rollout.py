@@ -1,0 +1,150 @@
+"""Batched sampling with a KV cache, and the forward pass that scores responses.
+
+Prompts are left-padded; the attention mask hides the padding and the position ids are
+counted from each sequence's first real token, so a padded sequence is computed exactly
+as it would be alone. Every sampled token comes back with its log-probability under the
+policy (after temperature, before top-k/top-p truncation) and, with a value head, the
+value of the state it was sampled in. The update reuses these as the "old" policy and
+values: no second forward pass is needed for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from progrl.policy import Policy, position_ids_from_mask
+
+
+@dataclass
+class SamplingParams:
+    """Token-level sampling controls (ids already resolved from the tokenizer)."""
+
+    max_new_tokens: int = 1
+    min_new_tokens: int = 0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    stop_ids: tuple[int, ...] = ()
+    banned_ids: tuple[int, ...] = ()
+    pad_id: int = 0
+    greedy: bool = False
+
+
+@dataclass
+class Rollout:
+    """Samples of one step. Shapes: ``B`` sequences, ``P`` prompt and ``T`` response tokens."""
+
+    prompt_ids: torch.Tensor  # (B, P) left-padded
+    prompt_mask: torch.Tensor  # (B, P)
+    response_ids: torch.Tensor  # (B, T) right-padded with pad_id
+    response_mask: torch.Tensor  # (B, T) 1 for real tokens (the stop token included)
+    logprobs: torch.Tensor  # (B, T) float32
+    values: torch.Tensor | None  # (B, T) float32, only with a value head
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.prompt_ids, self.response_ids], dim=1)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, self.response_mask], dim=1)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set logits outside the top-k / nucleus (top-p) set to ``-inf`` (the best token is always kept)."""
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+        remove = cum - torch.softmax(sorted_logits, dim=-1) >= top_p  # mass before this token already >= p
+        remove[..., 0] = False
+        remove = remove.scatter(-1, order, remove)
+        logits = logits.masked_fill(remove, float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def sample(policy: Policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, params: SamplingParams,
+           generator: torch.Generator | None = None) -> Rollout:
+    """Sample responses for one batch of left-padded prompts, with a KV cache."""
+    B = prompt_ids.shape[0]
+    device = prompt_ids.device
+    attention = prompt_mask.clone()
+    positions = position_ids_from_mask(attention)
+    cur_ids, cur_pos = prompt_ids, positions
+    past = None
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    stop = torch.tensor(list(params.stop_ids), dtype=torch.long, device=device)
+    tokens, logps, vals, masks = [], [], [], []
+    for t in range(params.max_new_tokens):
+        logits, values, past = policy(cur_ids, attention, position_ids=cur_pos, past_key_values=past, use_cache=True)
+        logits = logits[:, -1, :].float() / params.temperature
+        logprobs_all = torch.log_softmax(logits, dim=-1)
+        candidates = logits
+        if params.banned_ids:
+            candidates = candidates.clone()
+            candidates[:, list(params.banned_ids)] = float("-inf")
+        if t < params.min_new_tokens and len(stop):
+            candidates = candidates.clone()
+            candidates[:, stop] = float("-inf")
+        if params.greedy:
+            token = candidates.argmax(-1)
+        else:
+            candidates = filter_logits(candidates, params.top_k, params.top_p)
+            token = torch.multinomial(torch.softmax(candidates, dim=-1), 1, generator=generator).squeeze(-1)
+        alive = ~finished
+        token = torch.where(alive, token, torch.full_like(token, params.pad_id))
+        tokens.append(token)
+        logps.append(logprobs_all.gather(-1, token.unsqueeze(-1)).squeeze(-1) * alive)
+        if values is not None:
+            vals.append(values[:, -1].float() * alive)
+        masks.append(alive.long())
+        if len(stop):
+            finished = finished | torch.isin(token, stop)
+        if bool(finished.all()):
+            break
+        attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+        cur_pos = cur_pos[:, -1:] + 1
+        cur_ids = token.unsqueeze(-1)
+    return Rollout(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        response_ids=torch.stack(tokens, 1),
+        response_mask=torch.stack(masks, 1),
+        logprobs=torch.stack(logps, 1),
+        values=torch.stack(vals, 1) if vals else None,
+    )
+
+
+def forward_response(policy: Policy, rollout_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
+                     temperature: float = 1.0):
+    """Logits, log-probs of the taken tokens, and values at the response positions.
+
+    ``rollout_ids`` is prompt + response, ``(B, P + T)``. Returns ``(logits (B, T, V),
+    logprobs (B, T), values (B, T) or None)``; position ``t`` is the state in which the
+    ``t``-th response token was chosen.
+    """
+    logits, values, _ = policy(rollout_ids, attention_mask)
+    T = rollout_ids.shape[1] - prompt_len
+    logits = logits[:, prompt_len - 1: prompt_len - 1 + T, :].float() / temperature
+    targets = rollout_ids[:, prompt_len:]
+    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    if values is not None:
+        values = values[:, prompt_len - 1: prompt_len - 1 + T]
+    return logits, logprobs, values
+
+
+def left_pad(sequences: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token id lists into ``(ids, mask)`` tensors."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        if s:
+            ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s):] = 1
+    return ids.to(device), mask.to(device)

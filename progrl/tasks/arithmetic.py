@@ -1,0 +1,119 @@
+"""The paper's arithmetic task, in two variants.
+
+- ``arithmetic``: the prompt is the whole worked chain up to and including the last
+  ``'='``; the policy emits ONE token, the result (the paper's RL setup).
+- ``arithmetic-chain``: the prompt is the expression and ``'='``; the policy writes the
+  whole chain and the paper's step-checking reward scores every step.
+
+Both use the word-level tokenizer of :mod:`progrl.tasks.arithmetic_core`, a GPT-2 built
+from a config (context 64), and a supervised warm start on ``sft.examples`` worked chains.
+"""
+
+from __future__ import annotations
+
+import random
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from progrl.tasks import arithmetic_core as core
+from progrl.tasks.base import Record, Task
+
+
+class ArithmeticOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ops: str = Field("+*", pattern=r"^[+*]{1,2}$")  # operators to draw from
+    max_chars: int = Field(10, ge=3, le=40)  # expressions are truncated to this length
+    max_operand: int = Field(10, ge=1, le=99)
+    max_value: int = Field(100, ge=2, le=100)  # value (and every chain step) below this
+    # Reward shaping for TRAINING only; held-out evaluation always uses the paper's reward.
+    reward_scale: float = Field(10.0, gt=0.0)  # reward = 2 / (1 + exp(error / scale)); paper: 10
+    reward_scale_final: float | None = Field(None, gt=0.0)  # anneal the scale geometrically to this...
+    anneal_steps: int = Field(0, ge=0)  # ...over this many RL steps (a curriculum from coarse to exact)
+    exact_bonus: float = Field(0.0, ge=0.0)  # added when the error is exactly 0
+
+
+PAPER_SCALE = 10.0
+
+
+def scale_at(opts: ArithmeticOptions, step: int) -> float:
+    """The training reward scale at RL step ``step`` (geometric anneal, then constant)."""
+    if opts.reward_scale_final is None or opts.anneal_steps == 0:
+        return opts.reward_scale
+    frac = min(1.0, max(0, step - 1) / opts.anneal_steps)
+    return opts.reward_scale * (opts.reward_scale_final / opts.reward_scale) ** frac
+
+
+def task_reward(prompts: list[str], completions: list[str], reward_scale: list[float] | None = None,
+                exact_bonus: list[float] | None = None, **columns) -> list[float]:
+    """The paper's reward with the per-sample scale and exact bonus carried in record columns."""
+    n = len(prompts)
+    scales = reward_scale or [PAPER_SCALE] * n
+    bonuses = exact_bonus or [0.0] * n
+    return [core.arithmetic_reward([p], [c], scale=s, exact_bonus=b)[0]
+            for p, c, s, b in zip(prompts, completions, scales, bonuses)]
+
+
+def _expressions(n: int, rng: random.Random, opts: ArithmeticOptions) -> list[str]:
+    return [core.generate_expression(rng, ops=opts.ops, max_chars=opts.max_chars,
+                                     max_operand=opts.max_operand, max_value=opts.max_value)
+            for _ in range(n)]
+
+
+class ArithmeticTask(Task):
+    name = "arithmetic"
+    summary = "one-token result of a worked +/* chain (paper task 2); reward from the step checker"
+    Options = ArithmeticOptions
+
+    options: ArithmeticOptions
+
+    def defaults(self) -> dict:
+        return {
+            "model": {"arch": "gpt2", "n_layer": 4, "n_embd": 256, "n_head": 4, "n_positions": 64},
+            "rollout": {"max_new_tokens": 1, "banned_tokens": [core.PAD, core.BOS, core.UNK]},
+            "reward": {"backend": "inline"},
+        }
+
+    def build_tokenizer(self):
+        return core.build_tokenizer()
+
+    def example(self, expr: str) -> Record:
+        prompt, answer = core.one_token_example(expr)
+        return {"prompt": prompt, "answer": answer}
+
+    def train_records(self, n: int, seed: int, step: int) -> list[Record]:
+        rng = random.Random(f"{self.name}-train-{seed}-{step}")
+        scale = scale_at(self.options, step)
+        return [{**self.example(e), "reward_scale": scale, "exact_bonus": self.options.exact_bonus}
+                for e in _expressions(n, rng, self.options)]
+
+    def eval_records(self, n: int, seed: int) -> list[Record]:
+        rng = random.Random(f"{self.name}-eval-{seed}")
+        return [{**self.example(e), "reward_scale": PAPER_SCALE, "exact_bonus": 0.0}
+                for e in _expressions(n, rng, self.options)]
+
+    def sft_texts(self, n: int, seed: int) -> list[str]:
+        rng = random.Random(f"arithmetic-sft-{seed}")
+        return [core.sft_text(e) for e in _expressions(n, rng, self.options)]
+
+    def reward_functions(self):
+        return [("progrl.tasks.arithmetic:task_reward", 1.0)]
+
+    def metrics(self, records, completions, rewards) -> dict[str, float]:
+        hits = [core.exact_answer(r["prompt"], c) for r, c in zip(records, completions)]
+        answers = [c.strip() for c in completions]
+        return {"accuracy": sum(hits) / max(len(hits), 1), "distinct_answers": float(len(set(answers)))}
+
+
+class ArithmeticChainTask(ArithmeticTask):
+    name = "arithmetic-chain"
+    summary = "write the whole worked chain after 'expr='; the paper's full step-checking reward"
+
+    def defaults(self) -> dict:
+        d = super().defaults()
+        d["rollout"] = {"max_new_tokens": 24, "banned_tokens": [core.PAD, core.BOS, core.UNK]}
+        return d
+
+    def example(self, expr: str) -> Record:
+        prompt, completion = core.chain_example(expr)
+        return {"prompt": prompt, "answer": completion.replace(core.EOS, "").rsplit("=", 1)[-1]}

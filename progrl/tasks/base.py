@@ -1,0 +1,61 @@
+"""What a task provides to the trainer.
+
+A task is a source of prompts, a programmed reward, and (optionally) its own tokenizer,
+a small model built from a config, supervised warm-start texts and task metrics.
+Tasks register themselves by name in :mod:`progrl.tasks`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+Record = dict[str, Any]  # {"prompt": str, **columns passed to the reward function}
+
+
+class NoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Task:
+    """Base class: override what the task needs."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    Options: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init__(self, options: BaseModel | None = None):
+        self.options = options if options is not None else self.Options()
+
+    # --- configuration -------------------------------------------------------------
+    def defaults(self) -> dict:
+        """Config values this task wants unless the user says otherwise (nested dict)."""
+        return {}
+
+    # --- model ---------------------------------------------------------------------
+    def build_tokenizer(self):
+        """A task-specific tokenizer, or None to use the pretrained model's own."""
+        return None
+
+    # --- data ----------------------------------------------------------------------
+    def train_records(self, n: int, seed: int, step: int) -> list[Record]:
+        """``n`` training prompts for RL step ``step`` (a pure function of its arguments)."""
+        raise NotImplementedError
+
+    def eval_records(self, n: int, seed: int) -> list[Record]:
+        """``n`` held-out prompts drawn with their own seed."""
+        raise NotImplementedError
+
+    def sft_texts(self, n: int, seed: int) -> list[str]:
+        """Texts for the supervised warm start (empty: the task has none)."""
+        return []
+
+    # --- reward and metrics --------------------------------------------------------
+    def reward_functions(self) -> list[tuple[str | Callable, float]]:
+        """The task's programmed reward(s), run through the reward engine."""
+        raise NotImplementedError
+
+    def metrics(self, records: list[Record], completions: list[str], rewards: list[float | None]) -> dict[str, float]:
+        """Task metrics of a set of (greedy) completions, e.g. exact-match accuracy."""
+        return {}
