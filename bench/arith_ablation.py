@@ -26,23 +26,30 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Each variant: overrides on top of the task defaults (the `progrl train arithmetic` default).
-PPO_BASE = {"algo.estimator": "gae", "rollout.num_generations": 1, "rollout.batch_size": 128,
-            "algo.epochs": 4, "algo.minibatch_size": 32, "algo.whiten_advantages": True,
-            "algo.entropy_coef": 0.0, "algo.batch_entropy_coef": 0.0}
+# Each variant: overrides on top of the task defaults (the `progrl train arithmetic` default:
+# 2x128 GPT-2, warm start on 256 examples, PPO 4 epochs, lr 3e-4, batch entropy 0.1, reward scale 1).
+NO_BONUS = {"algo.entropy_coef": 0.0, "algo.batch_entropy_coef": 0.0}
+GROUP8 = {"rollout.num_generations": 8, "rollout.batch_size": 16}
 SUITES: dict[str, dict[str, dict]] = {
     # the foundation issue's ablation: PPO with no entropy term / token entropy / batch entropy
     "ablation": {
-        "ppo (no entropy)": {**PPO_BASE},
-        "ppo + token entropy 0.1": {**PPO_BASE, "algo.entropy_coef": 0.1},
-        "ppo + batch entropy 0.1": {**PPO_BASE, "algo.batch_entropy_coef": 0.1},
+        "ppo, no entropy term": {"algo.estimator": "gae", **NO_BONUS},
+        "ppo + token entropy 0.1": {"algo.estimator": "gae", **NO_BONUS, "algo.entropy_coef": 0.1},
+        "ppo + batch entropy 0.1": {"algo.estimator": "gae", **NO_BONUS, "algo.batch_entropy_coef": 0.1},
     },
-    # critic-free estimators on the same loop (8 samples per prompt, one update per batch)
+    # critic-free estimators on the same loop: 16 prompts x 8 samples, same epochs and bonus
     "estimators": {
-        "grpo (G=8)": {"algo.estimator": "grpo", "rollout.num_generations": 8, "rollout.batch_size": 16,
-                       "algo.epochs": 1, "algo.minibatch_size": 128, "algo.whiten_advantages": False},
-        "rloo (G=8)": {"algo.estimator": "rloo", "rollout.num_generations": 8, "rollout.batch_size": 16,
-                       "algo.epochs": 1, "algo.minibatch_size": 128, "algo.whiten_advantages": False},
+        "grpo (G=8) + batch entropy 0.1": {"algo.estimator": "grpo", **GROUP8},
+        "rloo (G=8) + batch entropy 0.1": {"algo.estimator": "rloo", **GROUP8},
+    },
+    # the paper's setting and the steps from it to the default (single seed)
+    "path": {
+        "paper: 4x256, lr 1.41e-5, token entropy 0.3, whiten, scale 10": {
+            "model.n_layer": 4, "model.n_embd": 256, "algo.lr": 1.41e-5, "algo.minibatch_size": 32,
+            "algo.whiten_advantages": True, **NO_BONUS, "algo.entropy_coef": 0.3, "task_options.reward_scale": 10.0},
+        "default but reward scale 10 (paper)": {"task_options.reward_scale": 10.0},
+        "default but whitened advantages": {"algo.whiten_advantages": True},
+        "default but lr 1e-4": {"algo.lr": 1e-4},
     },
 }
 
@@ -58,11 +65,29 @@ def variant_steps(overrides: dict, samples: int) -> int:
     return max(1, samples // per_step)
 
 
+def child_env() -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
+def warm_start(seed: int, args, out_root: Path) -> Path:
+    """One supervised warm start per seed, shared by every variant of that seed."""
+    out = out_root / f"warm-start-s{seed}"
+    if not (out / "final" / "config.json").exists():
+        cmd = [sys.executable, "-m", "progrl", "sft", "arithmetic", "--seed", str(seed), "--out", str(out),
+               "--set", "log.progress=false", "--set", f"device={args.device}", "--set", f"threads={args.threads}",
+               "--set", "log.tensorboard=false", "--set", "log.plot=false"]
+        subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=child_env(), check=True)
+    return out / "final"
+
+
 def run_one(name: str, overrides: dict, seed: int, args, out_root: Path) -> dict:
     slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")
     out = out_root / f"{slug}-s{seed}"
     steps = variant_steps(overrides, args.samples)
-    cmd = [sys.executable, "-m", "progrl", "train", "arithmetic", "--steps", str(steps), "--seed", str(seed),
+    model = []
+    if args.shared_warm_start and not any(k.startswith(("model.", "sft.")) for k in overrides):
+        model = ["--model", str(warm_start(seed, args, out_root)), "--set", "sft.examples=0"]
+    cmd = [sys.executable, "-m", "progrl", "train", "arithmetic", "--steps", str(steps), "--seed", str(seed), *model,
            "--out", str(out), "--set", "log.progress=false", "--set", f"device={args.device}",
            "--set", "log.checkpoint_every=0", "--set", f"threads={args.threads}"]
     if args.eval_every:
@@ -72,8 +97,7 @@ def run_one(name: str, overrides: dict, seed: int, args, out_root: Path) -> dict
     for kv in args.set:
         cmd += ["--set", kv]
     t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=child_env())
     elapsed = time.time() - t0
     if proc.returncode != 0:
         return {"variant": name, "seed": seed, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:],
@@ -116,7 +140,9 @@ def markdown(rows: list[dict], title: str, args) -> str:
              f"Budget per run: {args.samples:,} sampled answers; device {args.device}; seeds "
              f"{', '.join(map(str, args.seeds))}; extra settings: {' '.join(args.set) or 'none'}. "
              f"Reproduce: `python bench/arith_ablation.py --suite {args.suite} --seeds "
-             f"{' '.join(map(str, args.seeds))} --samples {args.samples}`.", "",
+             f"{' '.join(map(str, args.seeds))} --samples {args.samples}"
+             f"{' --shared-warm-start' if args.shared_warm_start else ''}` "
+             f"({'one warm start per seed shared by the variants' if args.shared_warm_start else 'own warm start per run'}).", "",
              "| variant | held-out accuracy (mean ± sd) | per seed | mean reward | distinct answers | collapsed runs | minutes/run |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -147,13 +173,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--suite", default="ablation", choices=sorted(SUITES) + ["all"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--samples", type=int, default=131_072, help="sampled answers per run (RL budget)")
+    p.add_argument("--samples", type=int, default=32_768, help="sampled answers per run (RL budget)")
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--device", default="cpu")
     p.add_argument("--eval-every", type=int, default=0, help="evaluations per run (for curves)")
     p.add_argument("--set", action="append", default=[], help="extra override for every run, key=value")
     p.add_argument("--out", default="bench/out/arith")
+    p.add_argument("--shared-warm-start", action="store_true",
+                   help="one warm start per seed shared by all variants (saves time; same start for each)")
     p.add_argument("--markdown", help="write the table into this markdown file (its own section)")
     p.add_argument("--json", help="write all per-run results to this JSON file")
     args = p.parse_args(argv)
@@ -161,6 +189,9 @@ def main(argv=None) -> int:
     variants = {k: v for s in suites.values() for k, v in s.items()}
     out_root = ROOT / args.out
     jobs = [(n, o, s) for n, o in variants.items() for s in args.seeds]
+    if args.shared_warm_start:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda s: warm_start(s, args, out_root), args.seeds))
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda j: run_one(*j, args, out_root), jobs))
     rows = summarise(results)

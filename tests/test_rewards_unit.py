@@ -208,3 +208,54 @@ def test_cache_lru_and_keys():
     assert keys[0] != keys[1] and None not in keys
     unhashable = sample_keys(["p"], ["c"], {"obj": [object.__new__(type("U", (), {"__hash__": None}))]})
     assert unhashable == [None]
+    assert sample_keys([[{"role": "user"}]], ["c"], {}) == [None]
+
+
+# ----------------------------------------------------------------------------- attribution (process backend)
+
+
+def test_describe_exit():
+    from progrl.rewards.process_pool import describe_exit
+
+    assert describe_exit(-11) == "worker died from SIGSEGV"
+    assert "out of memory?" in describe_exit(-9)
+    assert describe_exit(3) == "worker exited with code 3"
+
+
+def test_failure_attribution():
+    from collections import deque
+
+    from progrl.rewards.jobs import Job
+    from progrl.rewards.process_pool import ProcessBackend
+
+    backend = ProcessBackend([], [False, True], workers=1, timeout=1, batch_size=4)  # starts nothing
+    job = Job(0, [10, 11, 12], ["a", "b", "c"], ["x", "y", "z"], {"k": [1, 2, 3]})
+    bad = Outcome(None, "timeout", "t")
+    queue, results = deque(), {}
+    backend._fail(job, 1, bad, queue, results)  # per-sample: only sample 11 fails, the rest runs again
+    assert results == {(0, 11): bad}
+    (rest,) = queue
+    assert rest.positions == [10, 12] and rest.prompts == ["a", "c"] and rest.columns == {"k": [1, 3]}
+    queue, results = deque(), {}
+    backend._fail(Job(1, [5, 6], ["a", "b"], ["x", "y"], {}), 0, bad, queue, results)  # batched: the whole call
+    assert results == {(1, 5): bad, (1, 6): bad} and not queue
+    backend.close()
+
+
+def test_benchmark_writes_only_its_own_section(tmp_path):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "reward_engine.py"
+    spec = importlib.util.spec_from_file_location("bench_reward_engine", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\n## Training\nkeep me\n\n## Reward engine\nold numbers\n\n## Other\nkeep too\n")
+    bench.write_section(doc, "## Reward engine\n\nnew numbers\n")
+    text = doc.read_text()
+    assert "old numbers" not in text and "new numbers" in text
+    assert "## Training\nkeep me" in text and "## Other\nkeep too" in text
+    assert text.index("## Training") < text.index("## Reward engine") < text.index("## Other")
+    fresh = tmp_path / "new.md"
+    bench.write_section(fresh, "## Reward engine\n\nx\n")
+    assert fresh.read_text().startswith("# Benchmarks\n\n## Reward engine")

@@ -24,7 +24,16 @@ _EXPORTS = {
     "RewardBackendError": "progrl.rewards.jobs",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "FAILURE_KINDS",
+    "Outcome",
+    "RewardBackendError",
+    "RewardConfig",
+    "RewardEngine",
+    "RewardFunctionConfig",
+    "RewardResult",
+    "RewardSpecError",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from progrl.rewards.config import RewardConfig, RewardFunctionConfig

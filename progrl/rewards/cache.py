@@ -27,14 +27,16 @@ def freeze(value: Any) -> Hashable:
 
 def sample_keys(prompts: Sequence[str], completions: Sequence[str],
                 columns: Mapping[str, Sequence[Any]]) -> list[Hashable | None]:
-    """One cache key per sample (``None`` where a column value is unhashable)."""
+    """One cache key per sample (``None`` where something in it is unhashable)."""
     names = sorted(columns)
     keys: list[Hashable | None] = []
     for i, (p, c) in enumerate(zip(prompts, completions)):
         try:
-            keys.append((p, c, tuple(freeze(columns[k][i]) for k in names)))
+            key = (p, c, tuple(freeze(columns[k][i]) for k in names))
+            hash(key)  # prompts/completions that are not strings may be unhashable
         except TypeError:
-            keys.append(None)
+            key = None
+        keys.append(key)
     return keys
 
 

@@ -9,6 +9,7 @@ never start, Ray not installed).
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -60,3 +61,58 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Stop all workers; idempotent."""
+
+
+class SupervisedBackend:
+    """The scheduling loop shared by the process and Ray backends.
+
+    Subclasses keep ``self._workers``: objects with a ``state`` (``"starting"``, ``"idle"``,
+    ``"busy"``, ...) and implement :meth:`start`, :meth:`_send` (hand a job to an idle
+    worker), :meth:`_wait` (wait for a result or a deadline and handle it, re-queueing jobs
+    that must run again) and :meth:`_replace` (kill a worker and start a new one).
+    """
+
+    def __init__(self, functions: Sequence[Any], batched: Sequence[bool], *, workers: int, timeout: float,
+                 batch_size: int, memory_mb: int | None = None, show_output: bool = False) -> None:
+        self.functions = list(functions)  # FunctionSpec (picklable), one per function index
+        self.batched = list(batched)
+        self.n_workers = workers
+        self.timeout = timeout
+        self.batch_size = batch_size
+        self.memory_mb = memory_mb
+        self.show_output = show_output
+        self._workers: list[Any] = []
+        self._closed = False
+        self._start_failures = 0  # workers in a row that died before being ready
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def _send(self, worker: Any, job: Job, queue: deque[Job]) -> None:
+        raise NotImplementedError
+
+    def _wait(self, queue: deque[Job], results: Results) -> None:
+        raise NotImplementedError
+
+    def _replace(self, worker: Any) -> None:
+        raise NotImplementedError
+
+    def run(self, jobs: list[Job]) -> Results:
+        """Evaluate every job; see :class:`Backend`."""
+        results: Results = {}
+        queue: deque[Job] = deque(jobs)
+        self.start()
+        try:
+            while queue or any(w.state == "busy" for w in self._workers):
+                for w in list(self._workers):
+                    if not queue:
+                        break
+                    if w.state == "idle":
+                        self._send(w, queue.popleft(), queue)
+                self._wait(queue, results)
+        except BaseException:  # abandoned jobs: their workers are no longer in step with us
+            for w in list(self._workers):
+                if w.state == "busy":
+                    self._replace(w)
+            raise
+        return results

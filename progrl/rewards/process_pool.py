@@ -37,7 +37,7 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from progrl.rewards.failures import Outcome, failure
-from progrl.rewards.jobs import Job, Results, RewardBackendError
+from progrl.rewards.jobs import Job, Results, RewardBackendError, SupervisedBackend
 from progrl.rewards.worker import worker_main
 
 log = logging.getLogger("progrl.rewards")
@@ -123,22 +123,12 @@ def _shutdown(workers: list[_Worker]) -> None:
     workers.clear()
 
 
-class ProcessBackend:
+class ProcessBackend(SupervisedBackend):
     """A pool of spawn-context worker processes; see the module docstring."""
 
-    def __init__(self, functions: Sequence[Any], batched: Sequence[bool], *, workers: int, timeout: float,
-                 batch_size: int, memory_mb: int | None = None, show_output: bool = False) -> None:
-        self.functions = list(functions)  # FunctionSpec, picklable
-        self.batched = list(batched)
-        self.n_workers = workers
-        self.timeout = timeout
-        self.batch_size = batch_size
-        self.memory_mb = memory_mb
-        self.show_output = show_output
+    def __init__(self, functions: Sequence[Any], batched: Sequence[bool], **options: Any) -> None:
+        super().__init__(functions, batched, **options)
         self._ctx = multiprocessing.get_context("spawn")
-        self._workers: list[_Worker] = []
-        self._closed = False
-        self._start_failures = 0
         self._next_id = 0
         self._finalizer = weakref.finalize(self, _shutdown, self._workers)
 
@@ -179,35 +169,14 @@ class ProcessBackend:
         self._finalizer()
 
     # ------------------------------------------------------------------ running
-    def run(self, jobs: list[Job]) -> Results:
-        results: Results = {}
-        queue: deque[Job] = deque(jobs)
-        self.start()
+    def _send(self, w: _Worker, job: Job, queue: deque[Job]) -> None:
+        self._next_id += 1
+        w.job, w.job_id, w.since, w.state = job, self._next_id, time.monotonic(), "busy"
         try:
-            while queue or any(w.state == "busy" for w in self._workers):
-                self._dispatch(queue)
-                self._wait(queue, results)
-        except BaseException:
-            for w in list(self._workers):  # abandoned jobs: their workers are no longer in sync
-                if w.state == "busy":
-                    self._replace(w)
-            raise
-        return results
-
-    def _dispatch(self, queue: deque[Job]) -> None:
-        for w in self._workers:
-            if not queue:
-                return
-            if w.state != "idle":
-                continue
-            job = queue.popleft()
-            self._next_id += 1
-            w.job, w.job_id, w.since, w.state = job, self._next_id, time.monotonic(), "busy"
-            try:
-                w.conn.send((w.job_id, job.func, job.prompts, job.completions, job.columns))
-            except (OSError, ValueError):  # died while idle: not this job's fault
-                queue.appendleft(job)
-                self._replace(w)
+            w.conn.send((w.job_id, job.func, job.prompts, job.completions, job.columns))
+        except (OSError, ValueError):  # died while idle: not this job's fault
+            queue.appendleft(job)
+            self._replace(w)
 
     def _deadline(self, w: _Worker) -> float:
         if w.state == "starting":
@@ -278,19 +247,21 @@ class ProcessBackend:
         if not died and w.proc.is_alive():
             if time.monotonic() < self._deadline(w):
                 return
-            culprit = w.culprit()
+            w.kill()  # first, so that the stamps stop moving
+            started, culprit = w.call_started(), w.culprit()
             self._replace(w)
-            self._fail(job, culprit, failure("timeout", f"no result within {self.timeout:g}s (worker killed)"),
-                       queue, results)
-            return
-        culprit = w.culprit()
-        w.proc.join(5)
-        message = describe_exit(w.proc.exitcode)
-        self._replace(w)
-        if culprit is None and job.attempt + 1 < MAX_JOB_ATTEMPTS:
+            if started is not None and time.monotonic() - started < self.timeout:
+                culprit = None  # the late call ended just before the kill; the one killed was not late
+            outcome = failure("timeout", f"no result within {self.timeout:g}s (worker killed)")
+        else:
+            culprit = w.culprit()
+            w.proc.join(5)
+            outcome = failure("crash", describe_exit(w.proc.exitcode))
+            self._replace(w)
+        if culprit is None and job.attempt + 1 < MAX_JOB_ATTEMPTS:  # nobody to blame: run it again
             queue.appendleft(job.subset(range(len(job.positions)), attempt=job.attempt + 1))
             return
-        self._fail(job, culprit, failure("crash", message), queue, results)
+        self._fail(job, culprit, outcome, queue, results)
 
     def _fail(self, job: Job, culprit: int | None, outcome: Outcome, queue: deque[Job], results: Results) -> None:
         """Record ``outcome`` for the guilty sample(s) of ``job``; re-queue the innocent ones."""

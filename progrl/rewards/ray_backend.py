@@ -32,7 +32,7 @@ from typing import Any
 
 from progrl.rewards.failures import Outcome, failure
 from progrl.rewards.isolation import limit_address_space, output_discarded, restore_address_space
-from progrl.rewards.jobs import Job, Results, RewardBackendError
+from progrl.rewards.jobs import Job, Results, RewardBackendError, SupervisedBackend
 from progrl.rewards.spec import FunctionSpec, call_chunk, load
 
 log = logging.getLogger("progrl.rewards")
@@ -92,26 +92,16 @@ class _Slot:
         self.job: Job | None = None
 
 
-class RayBackend:
+class RayBackend(SupervisedBackend):
     """Actors on a Ray cluster, with the process backend's timeout and failure semantics."""
 
-    def __init__(self, functions: Sequence[FunctionSpec], batched: Sequence[bool], *, workers: int,
-                 timeout: float, batch_size: int, memory_mb: int | None = None, show_output: bool = False,
-                 address: str | None = None) -> None:
+    def __init__(self, functions: Sequence[FunctionSpec], batched: Sequence[bool], *, address: str | None = None,
+                 **options: Any) -> None:
         self.ray = import_ray()
-        self.functions = list(functions)
-        self.batched = list(batched)
-        self.n_workers = workers
-        self.timeout = timeout
-        self.batch_size = batch_size
-        self.memory_mb = memory_mb
-        self.show_output = show_output
+        super().__init__(functions, batched, **options)
         self.address = address
         self._owns_ray = False
         self._actor_cls: Any = None
-        self._slots: list[_Slot] = []
-        self._start_failures = 0
-        self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
     def max_chunk(self, func: int) -> int:
@@ -140,8 +130,8 @@ class RayBackend:
             raise RewardBackendError("the reward engine is closed")
         if self._actor_cls is None:
             self._init_ray()
-        while len(self._slots) < self.n_workers:
-            self._slots.append(self._new_slot())
+        while len(self._workers) < self.n_workers:
+            self._workers.append(self._new_slot())
 
     def _kill(self, slot: _Slot) -> None:
         try:
@@ -151,54 +141,34 @@ class RayBackend:
 
     def _replace(self, slot: _Slot) -> None:
         self._kill(slot)
-        self._slots[self._slots.index(slot)] = self._new_slot()
+        self._workers[self._workers.index(slot)] = self._new_slot()
 
     def worker_pids(self) -> list[int]:
         """Process ids of the idle actors (for tests and diagnostics)."""
-        idle = [s for s in self._slots if s.state == "idle"]
+        idle = [s for s in self._workers if s.state == "idle"]
         return list(self.ray.get([s.handle.pid.remote() for s in idle]))
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        for slot in self._slots:
+        for slot in self._workers:
             self._kill(slot)
-        self._slots.clear()
+        self._workers.clear()
         if self._owns_ray and self.ray.is_initialized():
             self.ray.shutdown()
 
     # ------------------------------------------------------------------ running
-    def run(self, jobs: list[Job]) -> Results:
-        results: Results = {}
-        queue: deque[Job] = deque(jobs)
-        self.start()
-        try:
-            while queue or any(s.state == "busy" for s in self._slots):
-                self._dispatch(queue)
-                self._wait(results)
-        except BaseException:
-            for slot in list(self._slots):
-                if slot.state == "busy":
-                    self._replace(slot)
-            raise
-        return results
-
-    def _dispatch(self, queue: deque[Job]) -> None:
-        for slot in self._slots:
-            if not queue:
-                return
-            if slot.state == "idle":
-                job = queue.popleft()
-                slot.job, slot.state, slot.since = job, "busy", time.monotonic()
-                slot.ref = slot.handle.evaluate.remote(job.func, job.prompts, job.completions, job.columns)
+    def _send(self, slot: _Slot, job: Job, queue: deque[Job]) -> None:
+        slot.job, slot.state, slot.since = job, "busy", time.monotonic()
+        slot.ref = slot.handle.evaluate.remote(job.func, job.prompts, job.completions, job.columns)
 
     def _deadline(self, slot: _Slot) -> float:
         return slot.since + (STARTUP_TIMEOUT if slot.state == "starting" else self.timeout)
 
-    def _wait(self, results: Results) -> None:
+    def _wait(self, queue: deque[Job], results: Results) -> None:
         ray = self.ray
-        active = [s for s in self._slots if s.state in ("starting", "busy")]
+        active = [s for s in self._workers if s.state in ("starting", "busy")]
         if not active:
             return
         refs = [s.ref for s in active]
@@ -242,9 +212,10 @@ class RayBackend:
             self._replace(slot)
 
     def _expire(self, slot: _Slot, results: Results) -> None:
-        if slot.state == "starting":
-            self._start_failed(slot, f"not ready after {STARTUP_TIMEOUT:.0f}s (not enough free CPUs in the cluster?)")
-            return
+        if slot.state == "starting":  # waiting longer would not help: give up at once
+            self._kill(slot)
+            raise RewardBackendError(f"reward actor not ready after {STARTUP_TIMEOUT:.0f}s (not enough free CPUs "
+                                     f"in the Ray cluster for {self.n_workers} actors of 1 CPU?)")
         job = slot.job
         assert job is not None
         self._replace(slot)

@@ -38,6 +38,13 @@ class Task:
         """A task-specific tokenizer, or None to use the pretrained model's own."""
         return None
 
+    def bind_tokenizer(self, tokenizer) -> None:
+        """Called by the trainer with the model's (prepared) tokenizer once the model is loaded.
+
+        Tasks whose prompts depend on the tokenizer (e.g. "the first k tokens of a review") keep
+        it here; the default does nothing."""
+        return None
+
     # --- data ----------------------------------------------------------------------
     def train_records(self, n: int, seed: int, step: int) -> list[Record]:
         """``n`` training prompts for RL step ``step`` (a pure function of its arguments)."""

@@ -1,0 +1,176 @@
+"""Generation speed of a pretrained model on CPU: progrl's sampler vs ``model.generate``.
+
+    python bench/generation_speed.py                                   # smollm2-135m, batches 1,8,32
+    python bench/generation_speed.py --markdown docs/benchmarks.md     # also (re)write "## Generation speed"
+
+Both sides sample purely (temperature 1, no top-k / top-p) the same number of new tokens for the
+same left-padded prompts (the sentiment task's 2-8 token review openings): progrl with
+``min_new_tokens = max_new_tokens`` (no early stop), ``generate`` with ``do_sample=True,
+min_new_tokens = max_new_tokens``. progrl is timed as the trainer runs it (policy with a value
+head: every token also gets its log-probability and value) and without the value head.
+tokens/s = batch x new tokens / wall seconds; the median of the repeats (and the best) is
+reported, after one warm-up call per configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from progrl import modeling  # noqa: E402
+from progrl.policy import Policy  # noqa: E402
+from progrl.rollout import SamplingParams, left_pad, sample  # noqa: E402
+from progrl.tasks import get_task  # noqa: E402
+
+SECTION = "Generation speed"
+
+
+def _machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{os.cpu_count()}-core CPU ({model}), Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def _load() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "?"
+
+
+def timed(fn, repeats: int) -> list[float]:
+    fn()  # warm-up
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def run(model_name: str, batch_sizes: list[int], new_tokens: int, repeats: int, threads: int) -> list[dict]:
+    torch.set_num_threads(threads)
+    lm, tok = modeling.load_causal_lm(model_name)
+    task = get_task("sentiment")
+    task.bind_tokenizer(tok)
+    with_value = Policy(lm, value_head=True).eval()
+    without_value = Policy(lm, value_head=False).eval()
+    pad = tok.pad_token_id
+    rows = []
+    for b in batch_sizes:
+        prompts = [r["prompt"] for r in task.train_records(b, seed=0, step=1)]
+        ids, mask = left_pad([tok(p)["input_ids"] for p in prompts], pad)
+        params = SamplingParams(max_new_tokens=new_tokens, min_new_tokens=new_tokens, stop_ids=(tok.eos_token_id,),
+                                pad_id=pad)
+        g = torch.Generator().manual_seed(0)
+
+        def progrl(policy=with_value):
+            r = sample(policy, ids, mask, params, g)
+            assert r.response_ids.shape == (b, new_tokens)
+
+        def hf():
+            with torch.no_grad():
+                out = lm.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0, top_p=1.0,
+                                  temperature=1.0, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                  pad_token_id=pad)
+            assert out.shape == (b, ids.shape[1] + new_tokens)
+
+        for name, fn in (("progrl sample (value head)", progrl),
+                         ("progrl sample (no value head)", lambda: progrl(without_value)),
+                         ("model.generate", hf)):
+            secs = timed(fn, repeats)
+            med = statistics.median(secs)
+            rows.append({"impl": name, "batch": b, "seconds": med, "tok_s": b * new_tokens / med,
+                         "best_tok_s": b * new_tokens / min(secs), "prompt_len": ids.shape[1]})
+            print(f"batch {b:3d}  {name:30s} {med:7.3f} s  {b * new_tokens / med:7.1f} tok/s "
+                  f"(best {b * new_tokens / min(secs):.1f})", flush=True)
+    return rows
+
+
+def render(rows: list[dict], model_name: str, new_tokens: int, repeats: int, threads: int, command: str,
+           load: str) -> str:
+    by = {(r["batch"], r["impl"]): r for r in rows}
+    batches = sorted({r["batch"] for r in rows})
+    lines = [
+        f"## {SECTION}",
+        "",
+        f"Pure sampling (temperature 1, top_k 0, top_p 1) of {new_tokens} new tokens per sequence with "
+        f"`{model_name}` (SmolLM2-135M-Instruct, float32) after 2-8 token review openings (the sentiment task's "
+        f"prompts), on a {_machine()}, torch threads = {threads}. The machine was **shared**: other training "
+        f"runs were using the cores (1-minute load average {load} at the start), so absolute numbers are "
+        f"noisy; the comparison runs interleaved under the same load. tokens/s = batch x {new_tokens} / wall "
+        f"seconds, median of {repeats} repeats after a warm-up (best in brackets). progrl's sampler "
+        "(`progrl.rollout.sample`) also returns each token's log-probability and, with the value head, its value "
+        "(what the trainer uses); `model.generate` uses `do_sample=True, min_new_tokens = max_new_tokens`.",
+        "",
+        f"Reproduce: `{command}`",
+        "",
+        "| batch | progrl sample (value head) tok/s | progrl sample (no value head) tok/s | model.generate tok/s "
+        "| progrl / generate |",
+        "|---|---|---|---|---|",
+    ]
+    for b in batches:
+        a = by[(b, "progrl sample (value head)")]
+        n = by[(b, "progrl sample (no value head)")]
+        h = by[(b, "model.generate")]
+        lines.append(f"| {b} | {a['tok_s']:.1f} ({a['best_tok_s']:.1f}) | {n['tok_s']:.1f} ({n['best_tok_s']:.1f}) "
+                     f"| {h['tok_s']:.1f} ({h['best_tok_s']:.1f}) | {a['tok_s'] / h['tok_s']:.2f}x |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace the ``## Generation speed`` section of ``path`` (or append it); other sections stay."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"^## {re.escape(SECTION)}\s*$.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.rstrip("\n") + "\n")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--batch-sizes", default="1,8,32")
+    ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--markdown", metavar="FILE", help=f"write/replace the '## {SECTION}' section of FILE")
+    args = ap.parse_args()
+    load = _load()
+    rows = run(args.model, [int(b) for b in args.batch_sizes.split(",")], args.new_tokens, args.repeats,
+               args.threads)
+    command = "python bench/generation_speed.py " + " ".join(
+        f"{a}" for a in sys.argv[1:] if a) if len(sys.argv) > 1 else "python bench/generation_speed.py"
+    section = render(rows, args.model, args.new_tokens, args.repeats, args.threads, command, load)
+    print(section)
+    if args.markdown:
+        write_section(Path(args.markdown), section)
+        print(f"wrote the '## {SECTION}' section of {args.markdown}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

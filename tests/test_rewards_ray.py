@@ -1,0 +1,74 @@
+"""Fault injection on the Ray backend (skipped only when ray is not importable).
+
+One local Ray instance for the module; the same checks as test_rewards_faults.py.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from progrl.rewards import RewardConfig, RewardEngine
+from test_rewards_faults import EXPECTED, alive, check_fault
+
+ray = pytest.importorskip("ray")
+FAULTS = str(Path(__file__).with_name("reward_faults.py"))
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    started = not ray.is_initialized()
+    if started:  # logical CPUs for three engines of two 1-CPU actors each
+        ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def ray_config(**kw) -> RewardConfig:
+    # 1.5 s rather than 1 s: Ray itself takes up to ~1.5 s to report a dead actor (crash faults)
+    return RewardConfig(backend="ray", timeout=1.5, workers=2, memory_mb=1024, **kw)
+
+
+@pytest.fixture(scope="module")
+def ray_engine(ray_instance):
+    with RewardEngine(ray_config(), [f"{FAULTS}:faulty"]) as eng:
+        eng.score(["p"], ["warm"], {"fault": ["ok"]})  # actors up before timing anything
+        yield eng
+
+
+@pytest.fixture(scope="module")
+def ray_batched_engine(ray_instance):
+    with RewardEngine(ray_config(batch_size=2), [f"{FAULTS}:faulty_batched"]) as eng:
+        eng.score(["p"], ["warm"], {"fault": ["ok"]})
+        yield eng
+
+
+@pytest.mark.parametrize("fault", list(EXPECTED))
+def test_ray_fault(ray_engine, fault):
+    check_fault(ray_engine, fault, batched=False)
+
+
+@pytest.mark.parametrize("fault", ["sleep", "abort", "raise", "length"])
+def test_ray_batched_fault(ray_batched_engine, fault):
+    check_fault(ray_batched_engine, fault, batched=True)
+
+
+def test_ray_actors_do_not_outlive_the_engine(ray_instance):
+    eng = RewardEngine(ray_config(), [f"{FAULTS}:faulty"])
+    eng.score(["p", "p"], ["a", "b"], {"fault": ["ok", "ok"]})
+    pids = set(eng.backend.worker_pids())
+    eng.score(["p", "p"], ["a", "b"], {"fault": ["ok", "sleep"]})  # one actor killed and replaced
+    deadline = time.monotonic() + 5
+    while len(eng.backend.worker_pids()) < 2:  # wait for the replacement to be up
+        eng.score(["p"], ["a"], {"fault": ["ok"]})
+        assert time.monotonic() < deadline
+    pids |= set(eng.backend.worker_pids())
+    assert len(pids) == 3
+    eng.close()
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in pids):
+        assert time.monotonic() < deadline, "reward actors still running after close()"
+        time.sleep(0.1)
