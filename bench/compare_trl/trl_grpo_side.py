@@ -53,7 +53,10 @@ def main(plan_path: str, result_path: str) -> int:
 
     class Record(TrainerCallback):
         def __init__(self):
-            self.rewards, self.t_begin, self.t_end = [], None, None
+            self.rewards, self.step_ends, self.t_begin, self.t_end = [], [], None, None
+
+        def on_step_end(self, args, state, control, **kw):
+            self.step_ends.append(self.t_begin())
 
         def on_train_begin(self, args, state, control, **kw):
             self.t_begin = Clock()
@@ -76,7 +79,8 @@ def main(plan_path: str, result_path: str) -> int:
     tokenizer.save_pretrained(final)
     samples = plan["steps"] * n
     write_result(result_path, side="trl", algo="grpo", samples=samples, loop_s=loop_s, loop_cpu_s=record.cpu_end,
-                 setup_s=setup_s, samples_per_s=samples / loop_s, step_rewards=record.rewards, final_model=str(final),
+                 setup_s=setup_s, samples_per_s=samples / loop_s, step_rewards=record.rewards,
+                 step_ends=record.step_ends, final_model=str(final),
                  versions={"trl": trl.__version__, "transformers": transformers.__version__,
                            "torch": torch.__version__},
                  trainable_params=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),

@@ -62,7 +62,7 @@ def main(plan_path: str, result_path: str) -> int:
     setup_s = wall()
 
     loop = Clock()
-    rewards = []
+    rewards, step_ends = [], []
     for step_records in plan["records"]:
         prompts = [r["prompt"] for r in step_records]
         queries = [tokenizer(p, return_tensors="pt")["input_ids"][0] for p in prompts]
@@ -72,13 +72,15 @@ def main(plan_path: str, result_path: str) -> int:
                         [r["exact_bonus"] for r in step_records])
         trainer.step(queries, responses, [torch.tensor(s, dtype=torch.float32) for s in scores])
         rewards.append(sum(scores) / len(scores))
+        step_ends.append(loop())
     loop_s, loop_cpu_s = loop(), loop.cpu()
     final = Path(plan["out_dir"]) / "final"
     trainer.model.pretrained_model.save_pretrained(final)
     tokenizer.save_pretrained(final)
     samples = plan["steps"] * n
     write_result(result_path, side="trl", algo="ppo", samples=samples, loop_s=loop_s, loop_cpu_s=loop_cpu_s,
-                 setup_s=setup_s, samples_per_s=samples / loop_s, step_rewards=rewards, final_model=str(final),
+                 setup_s=setup_s, samples_per_s=samples / loop_s, step_rewards=rewards, step_ends=step_ends,
+                 final_model=str(final),
                  versions={"trl": trl.__version__, "transformers": transformers.__version__,
                            "torch": torch.__version__},
                  trainable_params=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),

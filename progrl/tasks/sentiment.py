@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from progrl.tasks import sentiment_core as core
 from progrl.tasks.base import Record, Task
@@ -39,12 +39,13 @@ class SentimentOptions(BaseModel):
     max_prompt_tokens: int = Field(8, ge=1)
     response_only: bool = False  # score the response alone instead of prompt + response
 
-    @model_validator(mode="after")
-    def _check_range(self):
-        if self.max_prompt_tokens < self.min_prompt_tokens:
-            raise ValueError(f"max_prompt_tokens ({self.max_prompt_tokens}) must be >= min_prompt_tokens "
-                             f"({self.min_prompt_tokens})")
-        return self
+    @field_validator("max_prompt_tokens")
+    @classmethod
+    def _check_range(cls, v: int, info: ValidationInfo) -> int:
+        lo = info.data.get("min_prompt_tokens")
+        if lo is not None and v < lo:
+            raise ValueError(f"must be >= min_prompt_tokens ({lo})")
+        return v
 
 
 def vader_response_reward(prompts, completions, **columns) -> list[float]:
