@@ -24,6 +24,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import mdsection
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Each variant: overrides on top of the task defaults (the `progrl train arithmetic` default:
@@ -157,16 +159,7 @@ def markdown(rows: list[dict], title: str, args) -> str:
 
 def write_section(path: Path, title: str, text: str) -> None:
     """Replace the section headed ``## title`` in ``path`` (or append it)."""
-    old = path.read_text() if path.exists() else "# Results\n"
-    head = f"## {title}"
-    if head in old:
-        before, _, rest = old.partition(head)
-        nxt = rest.find("\n## ")
-        after = rest[nxt + 1:] if nxt >= 0 else ""
-        new = before + text + ("\n" + after if after else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new)
+    mdsection.write_section(path, title, text, heading="# Results")
 
 
 def main(argv=None) -> int:

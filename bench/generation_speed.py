@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+import mdsection
+
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,14 +202,7 @@ def verdict(by: dict, batches: list[int]) -> str:
 
 def write_section(path: Path, section: str) -> None:
     """Replace the ``## Generation speed`` section of ``path`` (or append it); other sections stay."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^## {re.escape(SECTION)}\s*$.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.rstrip("\n") + "\n")
+    mdsection.write_section(path, SECTION, section)
 
 
 def main() -> int:

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import mdsection
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -161,14 +163,7 @@ def render(n_cheap: int, over: list[list[str]], n_cpu: int, speed: list[list[str
 
 def write_section(path: Path, section: str) -> None:
     """Replace the ``## Reward engine`` section of ``path`` (or append it); other sections stay."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Reward engine\s*$.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.rstrip("\n") + "\n")
+    mdsection.write_section(path, "Reward engine", section)
 
 
 def main() -> int:

@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+import mdsection
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -343,14 +345,7 @@ def findings(summaries: dict[str, dict], post: dict[str, dict], args) -> list[st
 
 def write_section(path: Path, section: str, title: str = "# Results\n") -> None:
     """Replace the ``## Sentiment`` section of ``path`` (or append it); other sections stay."""
-    text = path.read_text() if path.exists() else title
-    pattern = re.compile(rf"^## {re.escape(SECTION)}\s*$.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.rstrip("\n") + "\n")
+    mdsection.write_section(path, SECTION, section, heading=title.strip())
 
 
 def main() -> int:

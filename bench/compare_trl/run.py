@@ -35,6 +35,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import mdsection  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
@@ -287,54 +290,7 @@ def markdown(report: dict) -> str:
 
 def write_section(path: Path, title: str, text: str) -> None:
     """Replace the section headed ``## title`` in ``path`` (or append it); other sections stay."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    head = f"## {title}"
-    if head in old:
-        before, _, rest = old.partition(head)
-        nxt = rest.find("\n## ")
-        after = rest[nxt + 1:] if nxt >= 0 else ""
-        new = before + text + ("\n" + after if after else "")
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new)
-
-
-NOTES = [
-    "How the sides are matched: GRPO: group-normalised advantages `(r - mean) / (std + 1e-4)` (unbiased std) on "
-    "both, token-mean loss (TRL `loss_type=\"dapo\"`; with one-token answers every aggregation is the same), "
-    "`num_iterations=1` / `epochs=1` and one optimiser step per 64-sample batch, clip 0.2, grad-norm clip 1.0, "
-    "AdamW without weight decay, constant lr, `beta=0` / `kl_coef=0`. PPO: GAE (gamma 1, lambda 0.95) with a value "
-    "head on the shared trunk, whitened advantages, 4 epochs x minibatches of 16, clip 0.2 / value clip 0.2, "
-    "vf_coef 0.1, the k1 KL penalty in the reward with the adaptive controller (0.2, target 6, horizon 10000) and a "
-    "frozen reference copy, grad-norm clip 1.0. Both: temperature 1, no top-k/top-p, `<pad>`/`<bos>`/`<unk>` never "
-    "sampled (TRL: `suppress_tokens`), bf16 and gradient checkpointing off (TRL GRPO defaults them on).",
-    "",
-    "Why progrl is faster on GRPO: the 8 samples of a prompt share the prompt, and the transformer's work on a "
-    "prompt does not depend on what is sampled after it, so progrl runs each distinct prompt once when sampling and "
-    "when scoring for the update (and for the reference), handing every sample the same keys/values "
-    "(`progrl.rollout.prefill`). With one-token answers that is 1/8 of the model work, with identical results (the "
-    "same samples and rewards step for step as without the sharing; the tests compare log-probs, values and "
-    "gradients with a plain pass). TRL's `GRPOTrainer` generates and scores all 64 rows. progrl also runs GPT-2's "
-    "`gelu_new` as one fused kernel (`gelu(x, approximate=\"tanh\")`, the same function up to float rounding), "
-    "which saves ~10% of the time and most of the activation memory, and never feeds the last response token to "
-    "the model (nothing is predicted from it).",
-    "",
-    "Why not on PPO: with one sample per prompt there is nothing to share. A step is 4 epochs x 4 minibatches of "
-    "forward + backward passes over 16 prompts of ~29 tokens, plus one sampling pass and one reference pass over the "
-    "64 prompts; classic TRL does the same plus one more forward pass (it recomputes the sampling policy's "
-    "log-probs and values, which progrl keeps from sampling). Both sides spend nearly all their time in the same "
-    "GPT-2 forward/backward kernels (a profile of progrl's PPO step: ~85% in the model's matmuls, attention and "
-    "backward, ~5% in Adam), so "
-    "the ratio is bounded near (1 + 2 + 12) / (1 + 1 + 12) forward-equivalents plus TRL's Python overhead; 5x "
-    "would need a different algorithm (fewer epochs or samples), not a faster implementation of this one.",
-    "",
-    "Throughput is measured over the training loop only (sampling, reward, update, logging; TRL: "
-    "`on_train_begin` to `on_train_end`, progrl: the `rl_step` loop), so start-up and imports are not "
-    "counted (bench/out/compare_trl/report.json also has each subprocess's whole wall time, its CPU seconds and "
-    "every repeat's numbers). Peak RSS is the side's own high-water mark "
-    "(`VmHWM` of `/proc/self/status` at its end; `ru_maxrss` is not used because Linux carries it over from the "
-    "parent across fork + exec).",
-]
+    mdsection.write_section(path, title, text)
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,22 @@
+"""Write one ``## title`` section of a shared markdown file, leaving the other sections alone.
+
+Several benchmarks write into docs/benchmarks.md and docs/results.md; each owns one section.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+
+def write_section(path: Path, title: str, section: str, heading: str = "# Benchmarks") -> None:
+    """Replace the section headed ``## title`` in ``path`` by ``section`` (or append it)."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else heading + "\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\s*$.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section.rstrip("\n") + "\n\n", text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.rstrip("\n") + "\n")
