@@ -24,7 +24,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import mdsection
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers, however this file is loaded
+import mdsection  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-import mdsection
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers, however this file is loaded
+import mdsection  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
