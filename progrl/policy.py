@@ -136,9 +136,6 @@ class Reference:
                      past_key_values=past_key_values, use_cache=use_cache)
         return out.logits, None, getattr(out, "past_key_values", None)
 
-    @torch.no_grad()
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        with self._model() as lm:
-            out = lm(input_ids=input_ids, attention_mask=attention_mask,
-                     position_ids=position_ids_from_mask(attention_mask), use_cache=False)
-        return out.logits
+        """The reference's logits for a left-padded batch."""
+        return self(input_ids, attention_mask)[0]
