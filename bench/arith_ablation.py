@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers, however this file is loaded
-import mdsection  # noqa: E402
+import benchdoc  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -160,7 +160,7 @@ def markdown(rows: list[dict], title: str, args) -> str:
 
 def write_section(path: Path, title: str, text: str) -> None:
     """Replace the section headed ``## title`` in ``path`` (or append it)."""
-    mdsection.write_section(path, title, text, heading="# Results")
+    benchdoc.write_section(path, title, text, heading="# Results")
 
 
 def main(argv=None) -> int:

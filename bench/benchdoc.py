@@ -1,4 +1,4 @@
-"""Write one ``## title`` section of a shared markdown file, leaving the other sections alone.
+"""Helpers for the benchmarks' reports: one ``## title`` section of a shared markdown file, the CPU name.
 
 Several benchmarks write into docs/benchmarks.md and docs/results.md; each owns one section.
 """
@@ -20,3 +20,17 @@ def write_section(path: Path, title: str, section: str, heading: str = "# Benchm
         text = text.rstrip("\n") + "\n\n" + section
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text.rstrip("\n") + "\n")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"

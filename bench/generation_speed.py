@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers, however this file is loaded
-import mdsection  # noqa: E402
+import benchdoc  # noqa: E402
 
 import torch
 
@@ -41,16 +41,7 @@ SECTION = "Generation speed"
 
 
 def _machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{os.cpu_count()}-core CPU ({model}), Python {platform.python_version()}, torch {torch.__version__}"
+    return f"{os.cpu_count()}-core CPU ({benchdoc.cpu_model()}), Python {platform.python_version()}, torch {torch.__version__}"
 
 
 def _load() -> str:
@@ -203,7 +194,7 @@ def verdict(by: dict, batches: list[int]) -> str:
 
 def write_section(path: Path, section: str) -> None:
     """Replace the ``## Generation speed`` section of ``path`` (or append it); other sections stay."""
-    mdsection.write_section(path, SECTION, section)
+    benchdoc.write_section(path, SECTION, section)
 
 
 def main() -> int:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers, however this file is loaded
-import mdsection  # noqa: E402
+import benchdoc  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -108,16 +108,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{os.cpu_count()}-core CPU ({model}), Python {platform.python_version()}, {platform.system()}"
+    return f"{os.cpu_count()}-core CPU ({benchdoc.cpu_model()}), Python {platform.python_version()}, {platform.system()}"
 
 
 def cpu_snapshot() -> tuple[float, float, float]:
@@ -164,7 +155,7 @@ def render(n_cheap: int, over: list[list[str]], n_cpu: int, speed: list[list[str
 
 def write_section(path: Path, section: str) -> None:
     """Replace the ``## Reward engine`` section of ``path`` (or append it); other sections stay."""
-    mdsection.write_section(path, "Reward engine", section)
+    benchdoc.write_section(path, "Reward engine", section)
 
 
 def main() -> int:

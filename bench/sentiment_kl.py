@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -33,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ helpers, however this file is loaded
-import mdsection  # noqa: E402
+import benchdoc  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -186,16 +185,7 @@ def plot(summaries: dict[str, dict], path: Path) -> None:
 
 
 def _machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{os.cpu_count()}-core CPU ({model})"
+    return f"{os.cpu_count()}-core CPU ({benchdoc.cpu_model()})"
 
 
 def f3(x) -> str:
@@ -346,7 +336,7 @@ def findings(summaries: dict[str, dict], post: dict[str, dict], args) -> list[st
 
 def write_section(path: Path, section: str, title: str = "# Results\n") -> None:
     """Replace the ``## Sentiment`` section of ``path`` (or append it); other sections stay."""
-    mdsection.write_section(path, SECTION, section, heading=title.strip())
+    benchdoc.write_section(path, SECTION, section, heading=title.strip())
 
 
 def main() -> int:

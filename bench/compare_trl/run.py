@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import mdsection  # noqa: E402
+import benchdoc  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -290,7 +290,7 @@ def markdown(report: dict) -> str:
 
 def write_section(path: Path, title: str, text: str) -> None:
     """Replace the section headed ``## title`` in ``path`` (or append it); other sections stay."""
-    mdsection.write_section(path, title, text)
+    benchdoc.write_section(path, title, text)
 
 
 def main(argv=None) -> int:
@@ -391,7 +391,7 @@ def main(argv=None) -> int:
     cmd = "python bench/compare_trl/run.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     report = {"args": vars(args), "command": cmd.replace(f" --markdown {args.markdown}", "") if args.markdown else cmd,
               "machine": f"{os.cpu_count()}-core {platform.processor() or platform.machine()} CPU "
-                         f"({cpu_model()}), Linux",
+                         f"({benchdoc.cpu_model()}), Linux",
               "versions": versions, "model": model_info, "comparisons": comparisons,
               "minutes": (time.time() - start) / 60, "notes": NOTES}
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
@@ -401,16 +401,6 @@ def main(argv=None) -> int:
         write_section(Path(args.markdown), "progrl vs TRL", text)
         say(f"wrote the section into {args.markdown}")
     return 0
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":
