@@ -104,7 +104,7 @@ def run(model_name: str, batch_sizes: list[int], new_tokens: int, repeats: int, 
 def breakdown(lm, tok, task, b: int, new_tokens: int, repeats: int) -> dict:
     """Where sampling time goes at batch ``b``: one ``torch.multinomial`` call over the whole
     vocabulary (paid once per new token, by progrl and by ``generate``) vs inverse-CDF sampling,
-    and the prompt pass with logits at every position (progrl) vs the last one only (``generate``)."""
+    and the prompt pass with logits at every position vs the last one only (what progrl and ``generate`` run)."""
     prompts = [r["prompt"] for r in task.train_records(b, seed=0, step=1)]
     ids, mask = left_pad([tok(p)["input_ids"] for p in prompts], tok.pad_token_id)
     probs = torch.softmax(torch.randn(b, lm.config.vocab_size, generator=torch.Generator().manual_seed(0)), -1)
@@ -138,9 +138,9 @@ def render(rows: list[dict], model_name: str, new_tokens: int, repeats: int, thr
         "",
         f"Pure sampling (temperature 1, top_k 0, top_p 1) of {new_tokens} new tokens per sequence with "
         f"`{model_name}` (SmolLM2-135M-Instruct, float32) after 2-8 token review openings (the sentiment task's "
-        f"prompts), on a {_machine()}, torch threads = {threads}. The machine was **shared**: other training "
-        f"runs were using the cores (1-minute load average {load} at the start), so absolute numbers are "
-        f"noisy; the implementations run one after the other under the same load. tokens/s = batch x "
+        f"prompts), on a {_machine()}, torch threads = {threads}; 1-minute load average {load} at the start "
+        "(above ~1, other jobs shared the cores and absolute numbers are noisy); the implementations run one "
+        f"after the other under the same load. tokens/s = batch x "
         f"{new_tokens} / wall seconds, best of {repeats} repeats after a warm-up (the least disturbed by the other "
         "jobs; median in brackets). progrl's sampler "
         "(`progrl.rollout.sample`) also returns each token's log-probability and, with the value head, its value "
@@ -163,9 +163,9 @@ def render(rows: list[dict], model_name: str, new_tokens: int, repeats: int, thr
     lines += [
         "",
         f"Where the time goes at batch {B} ({bd['vocab']:,}-token vocabulary, prompts padded to {bd['prompt_len']} "
-        f"tokens), medians: the prompt pass with logits at every prompt position (progrl) "
-        f"{bd['prefill_all'] * 1000:.0f} ms vs the last position only (`generate`, `logits_to_keep=1`) "
-        f"{bd['prefill_last'] * 1000:.0f} ms; one `torch.multinomial` draw over the vocabulary "
+        f"tokens), medians: the prompt pass with logits at every prompt position "
+        f"{bd['prefill_all'] * 1000:.0f} ms vs the last position only (`logits_to_keep=1`, what both progrl and "
+        f"`generate` run) {bd['prefill_last'] * 1000:.0f} ms; one `torch.multinomial` draw over the vocabulary "
         f"{bd['multinomial'] * 1000:.1f} ms, paid once per new token by both ({n} x = "
         f"{n * bd['multinomial']:.2f} s, {n * bd['multinomial'] / total:.0%} of `generate`'s time), vs "
         f"{bd['inverse_cdf'] * 1000:.1f} ms for inverse-CDF sampling (cumsum + searchsorted). The rest is the "
@@ -187,7 +187,7 @@ def verdict(by: dict, batches: list[int]) -> str:
     if lo >= 0.9:
         return (f"Conclusion: progrl's sampler runs at {lo:.2f}-{hi:.2f}x the speed of `generate` (best of the "
                 "repeats), although it also returns the log-probabilities of the sampled tokens and, with the value "
-                "head, the values; no fix was needed.")
+                "head, the values (its prompt pass runs the LM head on the last position only, as `generate` does).")
     return (f"Conclusion: progrl's sampler runs at {lo:.2f}-{hi:.2f}x the speed of `generate` (best of the "
             "repeats); the gap is the extra work listed above.")
 

@@ -71,6 +71,17 @@ def fuse_activations(model: nn.Module) -> int:
     return swapped
 
 
+def keep_kwargs(logits_to_keep: int) -> dict:
+    """The ``logits_to_keep`` keyword for a transformers causal LM, only when it asks for fewer positions."""
+    return {"logits_to_keep": logits_to_keep} if logits_to_keep > 0 else {}
+
+
+def last_positions(x: torch.Tensor, keep: int) -> torch.Tensor:
+    """The last ``keep`` positions of ``(B, L, ...)`` (all when ``keep`` is 0). A no-op when the model
+    already kept only those; slices when it ignored ``logits_to_keep`` (models without it)."""
+    return x[:, -keep:] if 0 < keep < x.shape[1] else x
+
+
 class Policy(nn.Module):
     """A causal LM plus an optional value head; ``forward`` returns logits and values."""
 
@@ -85,19 +96,24 @@ class Policy(nn.Module):
         return self.lm.config
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                position_ids: torch.Tensor | None = None, past_key_values=None, use_cache: bool = False):
+                position_ids: torch.Tensor | None = None, past_key_values=None, use_cache: bool = False,
+                logits_to_keep: int = 0):
         """Returns ``(logits, values or None, past_key_values)``.
 
         ``position_ids`` default to positions derived from the attention mask, so left
-        padding never shifts the real tokens' positions.
+        padding never shifts the real tokens' positions. ``logits_to_keep`` > 0: logits and
+        values of the last that many positions only (the LM head is not run on the others).
         """
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask)
         out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                       past_key_values=past_key_values, use_cache=use_cache,
-                      output_hidden_states=self.value_head is not None)
-        values = self.value_head(out.hidden_states[-1]) if self.value_head is not None else None
-        return out.logits, values, getattr(out, "past_key_values", None)
+                      output_hidden_states=self.value_head is not None, **keep_kwargs(logits_to_keep))
+        logits = last_positions(out.logits, logits_to_keep)
+        values = None
+        if self.value_head is not None:
+            values = self.value_head(last_positions(out.hidden_states[-1], logits_to_keep))
+        return logits, values, getattr(out, "past_key_values", None)
 
 
 class Reference:
@@ -127,14 +143,15 @@ class Reference:
 
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 position_ids: torch.Tensor | None = None, past_key_values=None, use_cache: bool = False):
+                 position_ids: torch.Tensor | None = None, past_key_values=None, use_cache: bool = False,
+                 logits_to_keep: int = 0):
         """Same call as :meth:`Policy.forward` (values are None), so the rollout helpers score with it."""
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask)
         with self._model() as lm:
             out = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                     past_key_values=past_key_values, use_cache=use_cache)
-        return out.logits, None, getattr(out, "past_key_values", None)
+                     past_key_values=past_key_values, use_cache=use_cache, **keep_kwargs(logits_to_keep))
+        return last_positions(out.logits, logits_to_keep), None, getattr(out, "past_key_values", None)
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The reference's logits for a left-padded batch."""

@@ -166,20 +166,20 @@ def prefill(policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, positio
             use_cache: bool, shared: tuple[torch.Tensor, torch.Tensor] | None | str = "find"):
     """``policy`` on the prompts, computed once per distinct prompt and expanded to every row.
 
-    Returns ``(logits (B, P, V) or (B, 1, V), values or None, past or None)``: with shared
-    prompts only the last position's logits/values come back (all any caller reads).
-    ``shared`` is :func:`unique_rows` of the prompts when the caller already has it.
+    Returns ``(logits (B, 1, V), values (B, 1) or None, past or None)``: only the last
+    prompt position's logits/values (all any caller reads; the LM head runs on that position
+    only). ``shared`` is :func:`unique_rows` of the prompts when the caller already has it.
     """
     if isinstance(shared, str):
         shared = unique_rows(prompt_ids, prompt_mask)
     if shared is None:
-        return policy(prompt_ids, prompt_mask, position_ids=position_ids, use_cache=use_cache)
+        return policy(prompt_ids, prompt_mask, position_ids=position_ids, use_cache=use_cache, logits_to_keep=1)
     first, inverse = shared
     logits, values, past = policy(prompt_ids[first], prompt_mask[first], position_ids=position_ids[first],
-                                  use_cache=use_cache)
-    logits = logits[:, -1:].index_select(0, inverse)
+                                  use_cache=use_cache, logits_to_keep=1)
+    logits = logits.index_select(0, inverse)
     if values is not None:
-        values = values[:, -1:].index_select(0, inverse)
+        values = values.index_select(0, inverse)
     if use_cache and past is not None:
         past = select_cache(past, inverse)
     return logits, values, past
@@ -200,10 +200,10 @@ def forward_response(policy: Policy, rollout_ids: torch.Tensor, attention_mask: 
     positions = position_ids_from_mask(attention_mask)
     shared = unique_rows(rollout_ids[:, :P], attention_mask[:, :P])
     if shared is None:
-        # one pass over prompt + response, without the last response token (it predicts nothing)
+        # one pass over prompt + response, without the last response token (it predicts nothing);
+        # logits and values only where a response token is chosen (the last T positions)
         logits, values, _ = policy(rollout_ids[:, :P + T - 1], attention_mask[:, :P + T - 1],
-                                   position_ids=positions[:, :P + T - 1])
-        logits, values = logits[:, P - 1:], (values[:, P - 1:] if values is not None else None)
+                                   position_ids=positions[:, :P + T - 1], logits_to_keep=T)
     else:
         logits, values, past = prefill(policy, rollout_ids[:, :P], attention_mask[:, :P], positions[:, :P],
                                        use_cache=T > 1, shared=shared)

@@ -106,3 +106,30 @@ def test_policy_without_value_head_has_no_values():
     ro = sample(policy, ids, mask, SamplingParams(max_new_tokens=2, pad_id=PAD), torch.Generator().manual_seed(0))
     assert ro.values is None
     assert not any("value_head" in n for n, _ in policy.named_parameters())
+
+
+class IgnoresLogitsToKeep(torch.nn.Module):
+    """A causal LM whose forward takes ``logits_to_keep`` but returns every position anyway."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.inner = lm
+        self.config = lm.config
+
+    def forward(self, logits_to_keep=0, **kwargs):
+        return self.inner(**kwargs)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox", "llama"])
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_logits_to_keep_gives_the_last_positions_of_the_full_pass(arch, wrapped):
+    policy = tiny_policy(arch)
+    ids, mask = left_pad(prompts(), PAD)
+    full_logits, full_values, _ = policy(ids, mask)
+    if wrapped:
+        policy.lm = IgnoresLogitsToKeep(policy.lm)
+    for keep in (1, 3):
+        logits, values, _ = policy(ids, mask, logits_to_keep=keep)
+        assert logits.shape == (ids.shape[0], keep, VOCAB) and values.shape == (ids.shape[0], keep)
+        assert torch.allclose(logits, full_logits[:, -keep:], atol=1e-5)
+        assert torch.allclose(values, full_values[:, -keep:], atol=1e-5)
