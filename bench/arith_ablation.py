@@ -158,11 +158,6 @@ def markdown(rows: list[dict], title: str, args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, title: str, text: str) -> None:
-    """Replace the section headed ``## title`` in ``path`` (or append it)."""
-    benchdoc.write_section(path, title, text, heading="# Results")
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--suite", default="ablation", choices=sorted(SUITES) + ["all"])
@@ -191,11 +186,9 @@ def main(argv=None) -> int:
     rows = summarise(results)
     title = f"Arithmetic {args.suite}"
     text = markdown(rows, title, args)
-    print(text)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
-    if args.markdown:
-        write_section(Path(args.markdown), title, text)
+    benchdoc.publish(text, title, args.markdown, heading="# Results")
     return 0
 
 

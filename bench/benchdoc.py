@@ -22,6 +22,14 @@ def write_section(path: Path, title: str, section: str, heading: str = "# Benchm
     path.write_text(text.rstrip("\n") + "\n")
 
 
+def publish(section: str, title: str, markdown: str | None, heading: str = "# Benchmarks") -> None:
+    """Print a benchmark's section and, when ``markdown`` names a file, write it there as ``## title``."""
+    print(section)
+    if markdown:
+        write_section(Path(markdown), title, section, heading=heading)
+        print(f"wrote the '## {title}' section of {markdown}")
+
+
 def cpu_model() -> str:
     """The CPU's model name (from /proc/cpuinfo where there is one)."""
     import platform

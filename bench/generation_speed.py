@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -192,11 +191,6 @@ def verdict(by: dict, batches: list[int]) -> str:
             "repeats); the gap is the extra work listed above.")
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the ``## Generation speed`` section of ``path`` (or append it); other sections stay."""
-    benchdoc.write_section(path, SECTION, section)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -212,10 +206,7 @@ def main() -> int:
     command = "python bench/generation_speed.py " + " ".join(
         f"{a}" for a in sys.argv[1:] if a) if len(sys.argv) > 1 else "python bench/generation_speed.py"
     section = render(rows, args.model, args.new_tokens, args.repeats, args.threads, command, load)
-    print(section)
-    if args.markdown:
-        write_section(Path(args.markdown), section)
-        print(f"wrote the '## {SECTION}' section of {args.markdown}")
+    benchdoc.publish(section, SECTION, args.markdown)
     return 0
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -170,10 +169,7 @@ def main() -> int:
     over = overhead_table(args.samples, [int(b) for b in args.batch_sizes.split(",")], args.repeats)
     speed = speedup_table(args.cpu_samples, args.repeats)
     section = render(args.samples, over, args.cpu_samples, speed, others_note(before, cpu_snapshot()))
-    print(section)
-    if args.markdown:
-        write_section(Path(args.markdown), section)
-        print(f"wrote the '## Reward engine' section of {args.markdown}")
+    benchdoc.publish(section, "Reward engine", args.markdown)
     return 0
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -334,11 +333,6 @@ def findings(summaries: dict[str, dict], post: dict[str, dict], args) -> list[st
     ]
 
 
-def write_section(path: Path, section: str, title: str = "# Results\n") -> None:
-    """Replace the ``## Sentiment`` section of ``path`` (or append it); other sections stay."""
-    benchdoc.write_section(path, SECTION, section, heading=title.strip())
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--prompts", help="review file for the prompts (task_options.prompts); default: built-in")
@@ -386,10 +380,7 @@ def main() -> int:
     rel = os.path.relpath(plot_path, md_dir) if args.markdown else str(plot_path)
     lora = summarise(Path(args.lora_run)) if args.lora_run else None
     section = render(summaries, post, args, rel, default, args.default_cmd, lora, args.lora_cmd)
-    print(section)
-    if args.markdown:
-        write_section(Path(args.markdown), section)
-        print(f"wrote the '## {SECTION}' section of {args.markdown}")
+    benchdoc.publish(section, SECTION, args.markdown, heading="# Results")
     return 0
 
 

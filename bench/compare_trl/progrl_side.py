@@ -10,7 +10,6 @@ the held-out evaluation before/after RL is left out so that both sides time only
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 

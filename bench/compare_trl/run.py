@@ -344,11 +344,6 @@ def markdown(report: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_section(path: Path, title: str, text: str) -> None:
-    """Replace the section headed ``## title`` in ``path`` (or append it); other sections stay."""
-    benchdoc.write_section(path, title, text)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--grpo-steps", type=int, default=40, help="RL steps per side, GRPO comparison")
@@ -373,10 +368,7 @@ def main(argv=None) -> int:
     if args.from_report:
         report = json.loads((Path(args.out) / "report.json").read_text())
         report["notes"] = NOTES
-        text = markdown(report)
-        print(text)
-        if args.markdown:
-            write_section(Path(args.markdown), "progrl vs TRL", text)
+        benchdoc.publish(markdown(report), "progrl vs TRL", args.markdown)
         return 0
     start = time.time()
     load_before = os.getloadavg()[0]
@@ -464,11 +456,7 @@ def main(argv=None) -> int:
               "versions": versions, "model": model_info, "comparisons": comparisons,
               "minutes": (time.time() - start) / 60, "load_before": load_before, "notes": NOTES}
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
-    text = markdown(report)
-    print(text)
-    if args.markdown:
-        write_section(Path(args.markdown), "progrl vs TRL", text)
-        say(f"wrote the section into {args.markdown}")
+    benchdoc.publish(markdown(report), "progrl vs TRL", args.markdown)
     return 0
 
 
