@@ -38,7 +38,7 @@ def main(plan_path: str, result_path: str) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from progrl.policy import fuse_activations
+    from progrl.policy import fuse_activations, position_ids_from_mask
     from progrl.trainer import make_adamw
 
     torch.manual_seed(plan["seed"])
@@ -57,7 +57,7 @@ def main(plan_path: str, result_path: str) -> int:
 
     def last_position(lm, ids, mask):
         """Logits and hidden state at the last prompt position (where the answer token is predicted)."""
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = position_ids_from_mask(mask)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             hidden = lm.transformer(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
             last = hidden[:, -1]
