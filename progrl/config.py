@@ -83,7 +83,9 @@ class AlgoConfig(_Section):
     vf_coef: float = Field(0.1, ge=0.0)
     gamma: float = Field(1.0, ge=0.0, le=1.0)
     lam: float = Field(0.95, ge=0.0, le=1.0)
-    whiten_advantages: bool = True
+    # None: the estimator's own definition (progrl.advantages.default_whiten): on for gae, off for
+    # grpo / dr_grpo / rloo; reinforce_pp always normalises over the batch (the switch does not apply)
+    whiten_advantages: bool | None = None
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
     entropy_coef: float = 0.0  # token-entropy bonus
     batch_entropy_coef: float = 0.0  # the paper's batch-entropy bonus

@@ -230,7 +230,7 @@ class Trainer:
         result = self.rewards.score(prompts, completions, columns_of(records))
         raw = torch.tensor([math.nan if x is None else float(x) for x in result.rewards], device=self.device)
         dropped = torch.isnan(raw)
-        scores = fill_dropped(raw, G)
+        scores = torch.where(dropped, torch.zeros_like(raw), raw)  # a dropped sample's score is never read
         mask = mask * (~dropped).float().unsqueeze(-1)
         timings["time_reward"] = time.time() - t0
 
@@ -248,7 +248,8 @@ class Trainer:
 
         # 4. advantages
         advantages, returns = compute_advantages(a.estimator, rewards, mask, rollout.values, group_size=G,
-                                                 gamma=a.gamma, lam=a.lam, whiten=a.whiten_advantages)
+                                                 gamma=a.gamma, lam=a.lam, whiten=a.whiten_advantages,
+                                                 valid=~dropped)
 
         # 5. update: epochs x minibatches, reusing the rollout's log-probs and values as "old"
         stats = self.update(rollout, mask, advantages, returns, ref_logprobs, beta, step)
@@ -428,14 +429,6 @@ class Trainer:
 def columns_of(records: list[dict]) -> dict[str, list]:
     keys = [k for k in records[0] if k != "prompt"] if records else []
     return {k: [r.get(k) for r in records] for k in keys}
-
-
-def fill_dropped(raw: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Replace dropped (NaN) scores by their group's mean so they do not move the baseline."""
-    groups = raw.view(-1, group_size)
-    valid = ~torch.isnan(groups)
-    mean = torch.where(valid, groups, torch.zeros_like(groups)).sum(-1, keepdim=True) / valid.sum(-1, keepdim=True).clamp(min=1)
-    return torch.where(valid, groups, mean.expand_as(groups)).reshape(-1)
 
 
 def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
