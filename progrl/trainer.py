@@ -32,6 +32,8 @@ from progrl.losses import (aggregate, batch_entropy, explained_variance, kl_pena
 from progrl.policy import Policy, Reference
 from progrl.rollout import Rollout, SamplingParams, forward_response, left_pad, sample
 from progrl.sft import supervised_warm_start
+from progrl.storage import (StorageError, atomic_torch_save, atomic_write_text, describe, disk_full, remove_tree,
+                            torch_save)
 from progrl.tasks.base import Task
 from progrl.tracking import Tracker, plot_run
 
@@ -157,6 +159,7 @@ class Trainer:
         self.rewards = RewardEngine(cfg.reward, default_functions=task.reward_functions())
         self.tracker: Tracker | None = None
         self.step = 0
+        self.saved_step: int | None = None  # the step whose checkpoint on disk holds the current state
         self.state: dict = {}
 
     # ------------------------------------------------------------------ helpers
@@ -352,18 +355,24 @@ class Trainer:
         ckpt.save_checkpoint(self.run_dir, step, policy=self.policy, optimizer=self.optimizer,
                              scheduler=self.scheduler, kl_controller=self.kl_ctl, state=self.state,
                              keep=self.cfg.log.keep_checkpoints)
+        self.saved_step = step
 
     def resume_from(self, path: Path) -> None:
         self.state = ckpt.load_checkpoint(path, policy=self.policy, optimizer=self.optimizer,
                                           scheduler=self.scheduler, kl_controller=self.kl_ctl)
         self.step = int(self.state["step"])
+        self.saved_step = self.step
         if self.cfg.algo.uses_reference:
             self.reference = self.make_reference(initial_state=self.run_dir / "checkpoints" / "reference.pt")
 
     def make_reference(self, initial_state: Path | None = None) -> Reference:
         ref = Reference(self.policy, use_adapter_disable=self.cfg.model.lora)
         if ref.lm is not None and initial_state is not None and initial_state.exists():
-            ref.lm.load_state_dict(torch.load(initial_state, map_location="cpu", weights_only=True))
+            try:
+                ref.lm.load_state_dict(ckpt.load_torch(initial_state))
+            except RuntimeError as exc:
+                raise ckpt.CheckpointError(f"checkpoint file {initial_state} does not fit this run's reference "
+                                           f"model ({' '.join(str(exc).split())[:160]})") from None
         return ref
 
     def train(self, resume: bool = False) -> dict:
@@ -386,7 +395,7 @@ class Trainer:
                 self.reference = self.make_reference()
                 if self.reference.lm is not None:
                     (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-                    torch.save(self.reference.lm.state_dict(), self.run_dir / "checkpoints" / "reference.pt")
+                    atomic_torch_save(self.reference.lm.state_dict(), self.run_dir / "checkpoints" / "reference.pt")
             before = self.evaluate()
             self.state["eval_before"] = before
             self.tracker.log(0, before, phase="eval")
@@ -409,7 +418,8 @@ class Trainer:
         finally:
             self.rewards.close()
         self.tracker.log(self.step, after, phase="eval")
-        self.save(self.step)
+        if self.saved_step != self.step:  # the last step's checkpoint, unless it was just written
+            self.save(self.step)
         export_final(self.run_dir, self.policy, self.tokenizer)
         self.tracker.close()
         if cfg.log.plot:
@@ -456,7 +466,7 @@ def fmt_metrics(m: dict) -> str:
 def write_config(run_dir: Path, cfg: TrainConfig) -> None:
     import tomli_w
 
-    (run_dir / "config.toml").write_text(tomli_w.dumps(config_to_dict(cfg)))
+    atomic_write_text(run_dir / "config.toml", tomli_w.dumps(config_to_dict(cfg)))
 
 
 def export_final(run_dir: Path, policy: Policy, tokenizer) -> None:
@@ -464,26 +474,46 @@ def export_final(run_dir: Path, policy: Policy, tokenizer) -> None:
 
     A LoRA run writes the adapter merged into the base weights (a plain model that loads
     anywhere, e.g. ``--model RUN/final`` or ``progrl eval``) and the adapter alone in
-    ``final/adapter``."""
+    ``final/adapter``. It is written to ``.final.tmp``; an existing ``final/`` is renamed
+    aside until the new one is in place, so a kill leaves one of them (``progrl eval`` falls
+    back to the checkpoint when ``final/`` is missing). A failed write (full disk) removes
+    ``.final.tmp`` and keeps the old ``final/``."""
     import copy
     import shutil
 
     from progrl.modeling import is_peft_model
 
-    final, tmp = run_dir / "final", run_dir / ".final.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    if is_peft_model(policy.lm):
-        policy.lm.save_pretrained(tmp / "adapter")
-        copy.deepcopy(policy.lm).merge_and_unload().save_pretrained(tmp)
-    else:
-        policy.lm.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if policy.value_head is not None:
-        torch.save(policy.value_head.state_dict(), tmp / "value_head.pt")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    final, tmp, old = run_dir / "final", run_dir / ".final.tmp", run_dir / ".final.old"
+    try:
+        if old.exists():  # a previous export was interrupted between its two renames
+            if final.exists():
+                remove_tree(old)
+            else:
+                os.replace(old, final)
+        if tmp.exists():
+            remove_tree(tmp)
+        if is_peft_model(policy.lm):
+            policy.lm.save_pretrained(tmp / "adapter")
+            copy.deepcopy(policy.lm).merge_and_unload().save_pretrained(tmp)
+        else:
+            policy.lm.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if policy.value_head is not None:
+            torch_save(policy.value_head.state_dict(), tmp / "value_head.pt")
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, StorageError):
+            raise
+        if isinstance(exc, OSError) or disk_full(exc):  # safetensors wraps ENOSPC in its own error
+            raise StorageError(describe(exc, final) + "; the checkpoint is kept") from exc
+        raise
+    try:
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        remove_tree(old)
+    except OSError as exc:
+        raise StorageError(describe(exc, final)) from exc
 
 
 class progress_bar:
