@@ -121,8 +121,10 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
 
+        task.load_data()  # a bad data file is reported before the model is loaded
         lm, self.tokenizer = build_model(cfg, task)
         task.bind_tokenizer(self.tokenizer)
+        self.data_note = task.data_summary()
         if cfg.model.lora:
             from progrl import modeling
 
@@ -381,6 +383,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.tracker = Tracker(self.run_dir, tensorboard=cfg.log.tensorboard)
         start = time.time()
+        if self.data_note:
+            self.say(self.data_note)
         if resume:
             path = ckpt.latest_checkpoint(self.run_dir)
             if path is None:
@@ -389,6 +393,9 @@ class Trainer:
             self.tracker.truncate_after(self.step)
             self.say(f"resumed from {path} at step {self.step}")
         else:
+            if (self.run_dir / "metrics.jsonl").exists() or ckpt.latest_checkpoint(self.run_dir) is not None:
+                raise ConfigError(f"config error: out: {self.run_dir} already holds a run; resume it or use a new "
+                                  f"directory (two runs in one directory would mix their metrics and checkpoints)")
             write_config(self.run_dir, cfg)
             self.warm_start()
             if cfg.algo.uses_reference:
@@ -457,6 +464,18 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
         logprobs=torch.cat([pad_right(p.logprobs, 0.0) for p in parts]),
         values=None if parts[0].values is None else torch.cat([pad_right(p.values, 0.0) for p in parts]),
     )
+
+
+def fmt_rate(x: float) -> str:
+    """A rate with sensible digits: ``260``, ``42.4``, ``0.42``, ``0.0031`` (never a bare ``0``
+    for a rate below 1)."""
+    if x is None or x != x:
+        return "nan"
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    if x == 0:
+        return "0"
+    return f"{x:.3g}" if abs(x) >= 1 else f"{x:.2g}"
 
 
 def fmt_metrics(m: dict) -> str:
@@ -552,7 +571,7 @@ class progress_bar:
             self.progress.update(self.task_id, advance=1, description=desc)
         elif self.enabled and (self.done % self.every == 0 or self.done == self.total):
             self.console.print(f"step {self.done}/{self.total}  {desc}  "
-                               f"({metrics.get('samples_per_s', 0):.0f} samples/s)")
+                               f"({fmt_rate(metrics.get('samples_per_s', 0.0))} samples/s)")
 
     def __exit__(self, *exc):
         if self.progress is not None:
