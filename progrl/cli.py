@@ -118,6 +118,12 @@ def resume_config(args) -> tuple[Path, TrainConfig]:
     if args.out and Path(args.out).resolve() != run_dir.resolve():
         raise ConfigError(f"config error: --out: a resumed run stays in its own directory {run_dir}; "
                           f"drop --out, or start a new run without --resume")
+    from progrl import checkpoint as ckpt
+
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is None:
+        raise ConfigError(f"config error: --resume: no checkpoint in {run_dir}")
+    ckpt.read_state(latest)  # a damaged state.json is reported before the model is loaded
     file_data = read_toml(args.config) if args.config else {}
     flags = {"steps": args.steps, "seed": args.seed}
     if args.model:
