@@ -15,7 +15,7 @@ until its replacement is complete, whatever moment a crash or a kill -9 picks:
 
 :func:`latest_checkpoint` takes the complete folder of the highest step among ``step-*``,
 ``.tmp-step-*`` and ``.old-step-*`` (so every interleaving above leaves one), and the next
-save tidies what a crash left (:func:`tidy`). A write that fails (a full disk) removes its
+save or a resume (:func:`recover`) tidies what a crash left (:func:`tidy`). A write that fails (a full disk) removes its
 temporary folder, keeps the previous checkpoint and raises
 :class:`~progrl.storage.StorageError`; a damaged checkpoint raises :class:`CheckpointError`
 naming the file. Both are one line.
@@ -103,15 +103,36 @@ def save_checkpoint(run_dir: str | Path, step: int, *, policy, optimizer, schedu
         if final.exists():
             os.replace(final, old)  # the complete copy stays loadable under .old- until tmp is in place
         os.replace(tmp, final)
-        atomic_write_text(root / "latest", name + "\n")
         remove_tree(old)
-        done = sorted((int(m.group(2)), p) for p in root.iterdir()
-                      if (m := _NAME.match(p.name)) and not m.group(1) and p.is_dir())
-        for _s, p in done[:-keep]:
-            remove_tree(p)
+        _publish(root, name, keep)
     except OSError as exc:  # renames and a one-line file: the complete checkpoint is already on disk
         raise StorageError(describe(exc, final)) from exc
     return final
+
+
+def _publish(root: Path, name: str, keep: int) -> None:
+    """Point ``latest`` at ``name`` and delete the checkpoints beyond the newest ``keep``."""
+    marker = root / "latest"
+    if not marker.is_file() or marker.read_text().strip() != name:
+        atomic_write_text(marker, name + "\n")
+    done = sorted((int(m.group(2)), p) for p in root.iterdir()
+                  if (m := _NAME.match(p.name)) and not m.group(1) and p.is_dir())
+    for _s, p in done[:-keep]:
+        remove_tree(p)
+
+
+def recover(run_dir: str | Path, keep: int = 1) -> Path | None:
+    """Before resuming: finish what an interrupted save left (:func:`tidy`), point ``latest``
+    at the newest complete checkpoint, apply the retention rule; returns that checkpoint."""
+    root = Path(run_dir) / "checkpoints"
+    try:
+        tidy(root)
+        latest = latest_checkpoint(run_dir)
+        if latest is not None:
+            _publish(root, latest.name, keep)
+    except OSError as exc:
+        raise StorageError(describe(exc, root)) from exc
+    return latest
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:

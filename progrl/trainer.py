@@ -386,7 +386,7 @@ class Trainer:
         if self.data_note:
             self.say(self.data_note)
         if resume:
-            path = ckpt.latest_checkpoint(self.run_dir)
+            path = ckpt.recover(self.run_dir, keep=cfg.log.keep_checkpoints)
             if path is None:
                 raise ConfigError(f"config error: --resume: no checkpoint in {self.run_dir}")
             self.resume_from(path)

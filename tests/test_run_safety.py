@@ -115,6 +115,36 @@ def test_kill_while_exporting_the_final_model_then_resume(finished, tmp_path, mo
     assert not (run / ".final.tmp").exists()
 
 
+KILLER = """
+import os, signal, sys
+real = os.replace
+def replace(src, dst, **kw):
+    if os.path.basename(str(src)) == ".tmp-step-000004":
+        os.kill(os.getpid(), signal.SIGKILL)  # a real kill -9, just before the new checkpoint is in place
+    return real(src, dst, **kw)
+os.replace = replace
+from progrl.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_real_kill_9_inside_the_last_checkpoint_save_then_resume_reproduces(finished, tmp_path):
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    proc = subprocess.run([sys.executable, str(script), "train", "arithmetic", "--steps", "4", "--out", str(run),
+                           *TINY], capture_output=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert ".tmp-step-000004" in names and "step-000002" in names and not (run / "final").exists()
+    assert main(["train", "arithmetic", "--resume", str(run)]) == 0
+    assert_reproduces(run, finished[0])
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "reference.pt", "step-000004"]
+
+
 # ----------------------------------------------------------------------------- item 7
 
 
