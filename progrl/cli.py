@@ -196,8 +196,13 @@ def cmd_train(args, sft_only: bool = False) -> int:
     try:
         summary = trainer.train(resume=resume)
     except StorageError as err:
-        again = f"progrl train {cfg.task} --resume {run_dir}" if not sft_only else "the command again"
-        raise StorageError(f"{err}; free some space, then run {again}") from None
+        from progrl.checkpoint import latest_checkpoint
+
+        if sft_only or latest_checkpoint(run_dir) is None:
+            again = "start again with --overwrite"
+        else:
+            again = f"continue with `progrl train {cfg.task} --resume {run_dir}`"
+        raise StorageError(f"{err}; free some space, then {again}") from None
     before, after = summary["eval_before"], summary["eval_after"]
     for key in ("accuracy", "mean_reward"):
         if key in after:

@@ -166,7 +166,7 @@ def test_disk_full_at_a_checkpoint_says_so_keeps_the_previous_one_and_resume_rep
     assert main(["train", "arithmetic", "--steps", "4", "--out", str(run), *TINY]) == 2
     line = one_line_error(capsys, alone=False)
     assert line.startswith("no space left on device: could not write ") and "step-000004" in line
-    assert "kept the previous checkpoint" in line and "step-000002" in line and f"--resume {run}" in line
+    assert "kept the previous checkpoint" in line and "step-000002" in line and f"--resume {run}`" in line
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names == ["latest", "reference.pt", "step-000002"]  # the partial .tmp-step-000004 is gone
     monkeypatch.setattr(torch, "save", real)
