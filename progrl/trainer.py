@@ -380,6 +380,9 @@ class Trainer:
     def train(self, resume: bool = False) -> dict:
         """Run (or continue) the whole job; returns a summary dict."""
         cfg = self.cfg
+        if not resume and ((self.run_dir / "metrics.jsonl").exists() or ckpt.latest_checkpoint(self.run_dir)):
+            raise ConfigError(f"config error: out: {self.run_dir} already holds a run; resume it or use a new "
+                              f"directory (two runs in one directory would mix their metrics and checkpoints)")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.tracker = Tracker(self.run_dir, tensorboard=cfg.log.tensorboard)
         start = time.time()
@@ -393,9 +396,6 @@ class Trainer:
             self.tracker.truncate_after(self.step)
             self.say(f"resumed from {path} at step {self.step}")
         else:
-            if (self.run_dir / "metrics.jsonl").exists() or ckpt.latest_checkpoint(self.run_dir) is not None:
-                raise ConfigError(f"config error: out: {self.run_dir} already holds a run; resume it or use a new "
-                                  f"directory (two runs in one directory would mix their metrics and checkpoints)")
             write_config(self.run_dir, cfg)
             self.warm_start()
             if cfg.algo.uses_reference:
