@@ -40,7 +40,11 @@ class ModelConfig(_Section):
     n_embd: int = Field(256, ge=8)
     n_head: int = Field(4, ge=1)
     n_positions: int = Field(64, ge=8)
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"  # how the weights are stored
+    # autocast of every forward (sampling, reference, update) over weights kept in `dtype`: fp32
+    # master weights with bf16/fp16 compute; sampling and update compute the same function
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory)
     trust_remote_code: bool = False
     lora: bool = False
     lora_r: int = Field(8, ge=1)
@@ -143,7 +147,7 @@ class TrainConfig(_Section):
     steps: int = Field(100, ge=0)
     out: str | None = None  # run directory; default runs/<task>-<timestamp>
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int | None = Field(None, ge=1)  # torch CPU threads
+    threads: int | None = Field(None, ge=1)  # torch CPU threads per process; None: progrl.threads.default_threads
     model: ModelConfig = ModelConfig()
     rollout: RolloutConfig = RolloutConfig()
     algo: AlgoConfig = AlgoConfig()
@@ -259,10 +263,13 @@ def config_to_dict(cfg: TrainConfig) -> dict:
 # ----------------------------------------------------------------------------- resume
 
 # What a resumed run may change: how long it runs, what it logs and how often it evaluates,
-# and where / with how many threads or reward workers it runs. Everything else would make the
-# continued run a different run than the one its checkpoints and metrics belong to.
+# and where / with how many threads or reward workers it runs, and how it trades memory for
+# time without changing what it computes (gradient checkpointing; sampling chunk size, which no
+# longer changes the samples drawn). Everything else would make the continued run a different
+# run than the one its checkpoints and metrics belong to.
 RESUME_MUTABLE = ("steps", "log.*", "eval.every", "eval.batch_size", "threads", "device", "reward.workers",
-                  "reward.show_output", "reward.ray_address")
+                  "reward.show_output", "reward.ray_address", "model.gradient_checkpointing",
+                  "rollout.generation_batch_size")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
