@@ -146,7 +146,9 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
         per_token = 0.5 * unclipped
         clipfrac = torch.zeros((), dtype=values.dtype)
     else:
-        v_clipped = old_values + torch.clamp(values - old_values, -clip_range_value, clip_range_value)
+        # = old + clip(V - old, -c, c), written so that a V inside the range is V itself: float rounding of
+        # old + (V - old) would otherwise count ties as clipped at random (classic TRL's vf_clipfrac does)
+        v_clipped = torch.clamp(values, old_values - clip_range_value, old_values + clip_range_value)
         clipped = (v_clipped - returns).pow(2)
         per_token = 0.5 * torch.maximum(unclipped, clipped)
         clipfrac = masked_mean((clipped > unclipped).float(), mask, count=n).detach()

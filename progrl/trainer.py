@@ -89,6 +89,17 @@ def build_model(cfg: TrainConfig, task: Task):
     return lm, tokenizer
 
 
+def with_lora(lm, cfg: TrainConfig):
+    """``lm`` with the config's LoRA adapter (unchanged without ``model.lora``)."""
+    if not cfg.model.lora:
+        return lm
+    from progrl import modeling
+
+    m = cfg.model
+    return modeling.apply_lora(lm, r=m.lora_r, alpha=m.lora_alpha, dropout=m.lora_dropout,
+                               target_modules=m.lora_target_modules)
+
+
 def make_adamw(params: list, **kwargs) -> torch.optim.AdamW:
     """AdamW with torch's fused kernel where it has one for these parameters, else the plain loop.
 
@@ -149,11 +160,7 @@ class Trainer:
         lm, self.tokenizer = build_model(cfg, task)
         task.bind_tokenizer(self.tokenizer)
         self.data_note = task.data_summary()
-        if cfg.model.lora:
-            from progrl import modeling
-
-            lm = modeling.apply_lora(lm, r=cfg.model.lora_r, alpha=cfg.model.lora_alpha,
-                                     dropout=cfg.model.lora_dropout, target_modules=cfg.model.lora_target_modules)
+        lm = with_lora(lm, cfg)
         if cfg.model.gradient_checkpointing:
             # non-reentrant: works with DDP, LoRA (frozen inputs) and a forward called more than once
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -346,7 +353,7 @@ class Trainer:
             step_rewards = [None if x != x else x for x in raw.tolist()]
         n_show = min(cfg.log.samples_per_step, n_samples) if dist.is_main else 0
         shown = [{"prompt": prompts[i], "completion": completions[i], "reward": step_rewards[i]}
-                 for i in range(0, n_samples, max(1, n_samples // max(n_show, 1)))][:n_show]
+                 for i in range(0, n_samples, max(1, n_samples // max(n_show, 1)))][:n_show] if n_show else []
         return metrics, shown
 
     def update(self, rollout: Rollout, mask, advantages, returns, ref_logprobs, beta: float, step: int) -> dict:
@@ -446,6 +453,20 @@ class Trainer:
         if self.reference is not None and self.reference.lm is not None:
             self.reference.lm = self.dist.prepare_frozen(self.reference.lm)
 
+    def export(self) -> None:
+        """``final/`` by the main process. A sharded policy is gathered (every process takes part)
+        into a replica on the main process's CPU, built like the policy and exported as one."""
+        if self.dist.sharding in ("none", "ddp"):
+            if self.dist.is_main:
+                export_final(self.run_dir, self.policy, self.tokenizer)
+            return
+        state = self.dist.model_state(self.policy)
+        if self.dist.is_main:
+            lm, _ = build_model(self.cfg, self.task)
+            replica = Policy(with_lora(lm, self.cfg), value_head=self.policy.value_head is not None)
+            replica.load_state_dict(state)
+            export_final(self.run_dir, replica, self.tokenizer)
+
     def save(self, step: int) -> None:
         """A checkpoint of this step, written by the main process (the state is gathered first
         when the model is sharded: every process takes part)."""
@@ -465,8 +486,6 @@ class Trainer:
     def resume_from(self, path: Path, optimizer: bool = True) -> None:
         """Load a checkpoint into the (not yet prepared) policy. ``optimizer=False``: leave the
         optimiser state for :meth:`resume_optimizer` (sharded optimisers load after prepare)."""
-        state = ckpt.read_state(path)
-        check_layout(state, self.layout(), path)
         self.state = ckpt.load_checkpoint(path, policy=self.policy, optimizer=self.optimizer if optimizer else None,
                                           scheduler=self.scheduler, kl_controller=self.kl_ctl)
         for key in self.layout():
@@ -516,6 +535,7 @@ class Trainer:
             path = path or ckpt.latest_checkpoint(self.run_dir)
             if path is None:
                 raise ConfigError(f"config error: --resume: no checkpoint in {self.run_dir}")
+            check_layout(ckpt.read_state(path), self.layout(), path)
             sharded_optimizer = dist.sharding == "fsdp"
             self.resume_from(path, optimizer=not sharded_optimizer)
             self.prepare()
@@ -558,9 +578,7 @@ class Trainer:
         self.tracker.log(self.step, after, phase="eval")
         if self.saved_step != self.step:  # the last step's checkpoint, unless it was just written
             self.save(self.step)
-        with dist.full_model(self.policy):
-            if main:
-                export_final(self.run_dir, self.policy, self.tokenizer)
+        self.export()
         self.tracker.close()
         if cfg.log.plot and main:
             plot_run(self.run_dir)
