@@ -21,7 +21,11 @@ How the model is shared (``Dist.sharding``):
   reference pass gather the whole model for their duration (:meth:`Dist.full_model`).
   Accelerate 1.15 enables FSDP only on accelerators; on CPU (gloo) progrl enables it in
   Accelerate's state itself, which torch supports (tested with 2 CPU processes).
-- ``"deepspeed"``: DeepSpeed ZeRO through Accelerate (needs GPUs; not run on CPU).
+- ``"deepspeed"``: DeepSpeed ZeRO-2/3 through Accelerate. DeepSpeed needs GPUs: this path is
+  written against Accelerate's and DeepSpeed's APIs (as TRL uses them) but has not been run
+  by progrl's tests; its checkpoints are not written (``final/`` is), see docs/scaling.md.
+  DeepSpeed's own ``bf16``/``fp16`` (weights cast, float32 master copy in the optimiser) is
+  allowed: sampling and update then run the same cast module.
 
 Gradient averaging. DDP, FSDP and DeepSpeed all *average* the gradients of the ranks. Each
 rank's loss is its share of the global loss (its numerators over the global denominators,
@@ -72,6 +76,7 @@ class Dist:
     sharding: str = "none"  # none | ddp | fsdp | deepspeed
     accelerator: Any = None
     device: torch.device = torch.device("cpu")
+    grad_accum: int = 1  # DeepSpeed only: the gradient accumulation its engine was configured with
 
     @property
     def is_main(self) -> bool:
@@ -146,15 +151,20 @@ class Dist:
         if not self.enabled:
             return model, optimizer
         if self.sharding == "deepspeed":  # DeepSpeed wants the sizes Accelerate cannot infer without dataloaders
+            self.grad_accum = grad_accum
             ds = self.accelerator.state.deepspeed_plugin.deepspeed_config
             ds["train_micro_batch_size_per_gpu"] = micro_batch
             ds["gradient_accumulation_steps"] = grad_accum
-            if max_grad_norm is not None and ds.get("gradient_clipping", "auto") == "auto":
-                ds["gradient_clipping"] = max_grad_norm
+            ds["train_batch_size"] = micro_batch * grad_accum * self.world_size
+            if ds.get("gradient_clipping", "auto") == "auto":
+                ds["gradient_clipping"] = max_grad_norm if max_grad_norm is not None else 0.0
         return self.accelerator.prepare(model, optimizer)
 
     def prepare_frozen(self, module: torch.nn.Module) -> torch.nn.Module:
-        """A frozen model (the reference): sharded like the policy under FSDP, else as is."""
+        """A frozen model (the reference): sharded like the policy under FSDP and ZeRO-3, else a
+        whole copy on each process."""
+        if self.sharding == "deepspeed":
+            return self._deepspeed_inference(module)
         if self.sharding != "fsdp":
             return module.to(self.device)
         from torch.distributed.fsdp import fully_shard
@@ -163,6 +173,23 @@ class Dist:
             fully_shard(block, reshard_after_forward=True)
         fully_shard(module, reshard_after_forward=True)
         return module
+
+    def _deepspeed_inference(self, module: torch.nn.Module):
+        """A DeepSpeed engine for a frozen model: partitioned with ZeRO-3, whole below (stage 0),
+        no optimiser (as TRL prepares its reference model). Not run here: DeepSpeed needs GPUs."""
+        import copy
+
+        import deepspeed
+
+        ds = copy.deepcopy(self.accelerator.state.deepspeed_plugin.deepspeed_config)
+        zero = ds.setdefault("zero_optimization", {})
+        if zero.get("stage", 0) != 3:
+            ds["zero_optimization"] = {"stage": 0}
+        for key in ("optimizer", "scheduler"):
+            ds.pop(key, None)
+        engine, *_ = deepspeed.initialize(model=module, config=ds)
+        engine.eval()
+        return engine
 
     @contextlib.contextmanager
     def full_model(self, module: torch.nn.Module):
@@ -194,6 +221,8 @@ class Dist:
         """Back-propagate this rank's share of the global loss (see the module docstring)."""
         if not self.enabled:
             loss.backward()
+        elif self.sharding == "deepspeed":  # its engine divides by the accumulation steps itself
+            self.accelerator.backward(loss * self.world_size * self.grad_accum)
         else:
             self.accelerator.backward(loss * self.world_size)
 
@@ -225,9 +254,6 @@ class Dist:
         """The optimiser's whole state dict on rank 0 (``None`` elsewhere); collective when sharded."""
         if self.sharding in ("none", "ddp"):
             return optimizer.state_dict() if self.is_main else None
-        if self.sharding == "deepspeed":
-            raise ConfigError("config error: checkpoints of DeepSpeed runs are not supported yet "
-                              "(set log.checkpoint_every = 0, or use FSDP)")
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
         sd = get_optimizer_state_dict(module, _inner(optimizer),
@@ -277,7 +303,7 @@ def setup(device: str = "auto") -> Dist:
         raise ConfigError(f"config error: device: {device!r} with {world} processes; each process uses its own "
                           f"GPU: use device = \"auto\", \"cuda\" or \"cpu\"")
     mp = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    if mp not in ("no", "fp32"):
+    if mp not in ("no", "fp32") and sharding != "deepspeed":  # DeepSpeed's bf16/fp16 casts the module itself
         raise ConfigError(f"config error: accelerate mixed_precision={mp!r}: progrl applies mixed precision itself "
                           f"(model.precision = \"{mp}\"), so that sampling and the update compute the same function; "
                           f"set mixed_precision to \"no\" in the accelerate config and pass --set "
@@ -288,7 +314,7 @@ def setup(device: str = "auto") -> Dist:
     cpu = device == "cpu" or not torch.cuda.is_available()
     # broadcast_buffers=False: the models' buffers are constants (rotary frequencies, masks), and a
     # broadcast in every forward would make ranks wait for each other while they sample
-    accelerator = Accelerator(cpu=cpu, mixed_precision="no",
+    accelerator = Accelerator(cpu=cpu, mixed_precision=mp if sharding == "deepspeed" else "no",
                               kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
     if sharding == "fsdp":
         _enable_fsdp(accelerator)

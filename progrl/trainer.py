@@ -469,7 +469,11 @@ class Trainer:
 
     def save(self, step: int) -> None:
         """A checkpoint of this step, written by the main process (the state is gathered first
-        when the model is sharded: every process takes part)."""
+        when the model is sharded: every process takes part). DeepSpeed runs write none (its
+        partitioned optimiser state is not gathered; docs/scaling.md)."""
+        if self.dist.sharding == "deepspeed":
+            self.saved_step = step
+            return
         policy_state = self.dist.model_state(self.policy)
         optimizer_state = self.dist.optimizer_state(self.policy, self.optimizer)
         if self.dist.is_main:
