@@ -167,9 +167,16 @@ class Trainer:
         self.policy = Policy(lm, value_head=cfg.algo.uses_critic, precision=cfg.model.precision).to(self.device)
         self.policy.eval()  # dropout off: rollout and update must see the same function
         self.model: torch.nn.Module = self.policy  # what the update runs: wrapped for DDP / FSDP by prepare()
+        # Mixed precision: the sampler's KV-cache passes round differently from a full scoring pass
+        # (max |ratio - 1| ~1e-3 under bf16 autocast), so the "old" log-probs and values are
+        # re-scored by the update's own pass, which gives the same bits for any batch of rows
+        # (docs/decisions.md): the first epoch starts at ratio 1.
+        self.rescore = cfg.model.precision != "fp32"
         # one model call per minibatch (no shared-prompt KV cache) where a call must be alike on every
-        # process (sharded models) or where the model runs without a cache (gradient checkpointing)
-        self.share_prompts = not cfg.model.gradient_checkpointing and self.dist.sharding in ("none", "ddp")
+        # process (sharded models), where the model runs without a cache (gradient checkpointing), and
+        # under mixed precision (a shared-prompt pass rounds like the sampler, not like a full pass)
+        self.share_prompts = (not cfg.model.gradient_checkpointing and not self.rescore
+                              and self.dist.sharding in ("none", "ddp"))
         self.reference: Reference | None = None  # built after the warm start (it is the warm-started model)
 
         r = cfg.rollout
@@ -229,6 +236,20 @@ class Trainer:
                      for i in range(0, len(prompts), chunk)]
         return concat_rollouts(parts, self.sampling.pad_id)
 
+    @torch.no_grad()
+    def score_with_update_pass(self, rollout: Rollout) -> None:
+        """Replace the sampler's log-probs and values by those of the update's forward pass (see
+        ``self.rescore``), in chunks of a minibatch share."""
+        P, chunk = rollout.prompt_ids.shape[1], max(1, self.cfg.algo.minibatch_size // self.dist.world_size)
+        ids, att, m = rollout.input_ids, rollout.attention_mask, rollout.response_mask
+        with self.dist.full_model(self.policy):
+            for i in range(0, ids.shape[0], chunk):
+                _, lp, v = forward_response(self.policy, ids[i:i + chunk], att[i:i + chunk], P,
+                                            self.cfg.rollout.temperature, share_prompts=False)
+                rollout.logprobs[i:i + chunk] = lp * m[i:i + chunk]
+                if v is not None:
+                    rollout.values[i:i + chunk] = v.float() * m[i:i + chunk]
+
     def gather_completions(self, rollout: Rollout) -> list[str]:
         """The completions of every process's share (:meth:`Dist.split`), decoded, in order."""
         ids = rollout.response_ids.masked_fill(rollout.response_mask == 0, self.sampling.pad_id)
@@ -284,6 +305,8 @@ class Trainer:
         uniforms = sampling_uniforms(len(everyone) * G, r.max_new_tokens,
                                      step_generator(cfg.seed, step, torch.device("cpu")))
         rollout = self.generate(prompts, uniforms[mine.start * G:mine.stop * G])
+        if self.rescore:
+            self.score_with_update_pass(rollout)
         completions = self.decode(rollout)
         timings["time_generation"] = time.time() - t0
 
@@ -299,7 +322,7 @@ class Trainer:
         if self.reference is not None:
             with torch.no_grad(), dist.full_model(self.reference_module):
                 _, ref_logprobs, _ = forward_response(self.reference, rollout.input_ids, rollout.attention_mask,
-                                                      rollout.prompt_ids.shape[1], r.temperature)
+                                                      rollout.prompt_ids.shape[1], r.temperature, self.share_prompts)
 
         # from here on the whole step's batch, on every process (progrl.reductions)
         rollout, raw, ref_logprobs = gather_batch(dist, rollout, raw, ref_logprobs, self.sampling.pad_id)
