@@ -53,7 +53,8 @@ def make_parser() -> argparse.ArgumentParser:
     _common_run_args(p)
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its latest checkpoint (only steps, log.*, eval.every, "
-                        "eval.batch_size, threads, device and reward workers/output may change)")
+                        "eval.batch_size, threads, device, reward workers/output/ray_address, "
+                        "model.gradient_checkpointing and rollout.generation_batch_size may change)")
 
     p = sub.add_parser("sft", help="only the supervised warm start; saves the model to RUN_DIR/final")
     _common_run_args(p, rl=False)

@@ -250,7 +250,9 @@ def forward_response(policy: Policy, rollout_ids: torch.Tensor, attention_mask: 
                                            use_cache=True)
             logits = torch.cat([logits, logits_r], 1)
             values = torch.cat([values, values_r], 1) if values is not None else None
-    logits = logits.float() / temperature
+    logits = logits.float()
+    if temperature != 1.0:  # x / 1 is x: no (B, T, V) copy for it
+        logits = logits / temperature
     targets = rollout_ids[:, P:]
     logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return logits, logprobs, values
