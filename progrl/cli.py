@@ -17,7 +17,7 @@ from progrl.config import ConfigError, TrainConfig, build_config, read_toml, val
 
 
 def _common_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("task", help="task name (see `progrl tasks`)")
+    p.add_argument("task", help="task name (see `progrl tasks`), path/to/file.py:Class or package.module:Class")
     p.add_argument("--config", help="TOML config file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. --set algo.lr=1e-4 (repeatable)")
@@ -43,7 +43,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, help="number of held-out prompts (config: eval.n_prompts)")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object on the last line")
 
-    sub.add_parser("tasks", help="list the built-in tasks")
+    p = sub.add_parser("tasks", help="list the tasks (built-in and plug-ins) and their options")
+    p.add_argument("name", nargs="?", help="show only this task (a name or path/to/file.py:Class)")
 
     from progrl.rewards.cli import add_score_parser
 
@@ -53,19 +54,19 @@ def make_parser() -> argparse.ArgumentParser:
 
 def load_run_config(args) -> TrainConfig:
     """Task defaults < --config < --set < short flags."""
-    from progrl.tasks import task_class
+    from progrl.tasks import task_reference
 
-    cls = task_class(args.task)
+    task = task_reference(args.task)
     file_data = read_toml(args.config) if args.config else {}
-    if file_data.get("task", args.task) != args.task:
+    if task_reference(file_data.get("task", args.task)) != task:
         raise ConfigError(f"config error: task: the file says {file_data['task']!r} but the command says {args.task!r}")
-    flags = {"task": args.task, "steps": args.steps, "seed": args.seed, "out": args.out}
+    flags = {"task": task, "steps": args.steps, "seed": args.seed, "out": args.out}
     if args.model:
         flags["model"] = {"name": args.model}
-    return build_config(_defaults_of(cls, file_data, args.overrides), file_data, args.overrides, flags)
+    return build_config(_defaults_of(task, file_data, args.overrides), file_data, args.overrides, flags)
 
 
-def _defaults_of(cls, file_data: dict, overrides: list[str]) -> dict:
+def _defaults_of(task: str, file_data: dict, overrides: list[str]) -> dict:
     from progrl.config import apply_override
     from progrl.tasks import get_task
 
@@ -74,7 +75,7 @@ def _defaults_of(cls, file_data: dict, overrides: list[str]) -> dict:
     for o in overrides:
         if o.startswith("task_options."):
             probe = apply_override(probe, o)
-    return get_task(cls.name, probe["task_options"]).defaults()
+    return get_task(task, probe["task_options"]).defaults()
 
 
 def default_run_dir(task: str) -> Path:
@@ -97,8 +98,10 @@ def cmd_train(args, sft_only: bool = False) -> int:
             data["steps"] = args.steps
         cfg = validate_model(TrainConfig, data)
     else:
+        from progrl.tasks import task_label
+
         cfg = load_run_config(args)
-        run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.task)
+        run_dir = Path(cfg.out) if cfg.out else default_run_dir(task_label(cfg.task))
         cfg.out = str(run_dir)
     if sft_only:
         cfg.steps = 0
@@ -150,15 +153,35 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def cmd_tasks(_args) -> int:
-    from progrl.tasks import TASKS, task_class
+def describe_options(options_cls) -> list[str]:
+    """One line per option of a task: name, type, default, description."""
+    from pydantic_core import PydanticUndefined
 
-    for name in TASKS:
+    lines = []
+    for name, field in options_cls.model_fields.items():
+        ann = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
+        default = "(required)" if field.default is PydanticUndefined and field.default_factory is None \
+            else f"= {field.default!r}"
+        desc = f"  {field.description}" if field.description else ""
+        lines.append(f"    {name}: {ann} {default}{desc}")
+    return lines
+
+
+def cmd_tasks(args) -> int:
+    from progrl.tasks import TASKS, plugin_tasks, task_class
+
+    plugins = plugin_tasks()
+    names = [args.name] if getattr(args, "name", None) else [*TASKS, *plugins]
+    for name in names:
+        origin = "plug-in " + plugins[name] if name in plugins else ("" if name in TASKS else name)
         try:
-            summary = task_class(name).summary
+            cls = task_class(name)
+            summary, options = cls.summary, describe_options(cls.Options)
         except ImportError as err:  # an optional dependency is missing
-            summary = f"(unavailable: {err})"
-        print(f"{name:18s} {summary}")
+            summary, options = f"(unavailable: {err})", []
+        print(f"{name:18s} {summary}" + (f"  [{origin}]" if origin else ""))
+        for line in options:
+            print(line)
     return 0
 
 

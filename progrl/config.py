@@ -9,9 +9,10 @@ Any mistake becomes one :class:`ConfigError` line that names the field.
 from __future__ import annotations
 
 import copy
+import math
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -60,8 +61,18 @@ class RolloutConfig(_Section):
     temperature: float = Field(1.0, gt=0.0)
     top_k: int = Field(0, ge=0)  # 0 = off
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop_tokens: list[str] = []  # token strings that end a response (the EOS token always does)
+    stop_tokens: list[str] = []  # tokens that end a response (vocabulary spelling, or text of one token; EOS always does)
+    stop: list[str] = []  # stop strings: text that ends a response, matched on the decoded continuation
+    stop_keep: bool = False  # keep the stop string at the end of the completion the rewards see (default: cut it)
+    on_truncated: Union[float, Literal["keep", "mask"]] = "keep"  # responses with no stop before max_new_tokens: keep their reward, mask them out of the loss (DAPO overlong filtering), or give them this reward
     banned_tokens: list[str] = []  # token strings never sampled
+
+    @field_validator("on_truncated")
+    @classmethod
+    def _finite_truncated(cls, v):
+        if not isinstance(v, str) and not math.isfinite(v):
+            raise ValueError('must be "keep", "mask" or a finite number')
+        return v
 
 
 class AlgoConfig(_Section):
@@ -126,7 +137,10 @@ class LogConfig(_Section):
     """What a run writes while it trains."""
 
     samples_per_step: int = Field(4, ge=0)  # generations written to samples.jsonl per step
-    tensorboard: bool = True
+    report_to: list[Literal["tensorboard", "wandb", "mlflow", "trackio"]] = ["tensorboard"]  # trackers the metrics go to besides metrics.jsonl (each an optional extra)
+    project: str = "progrl"  # project / experiment name in wandb, MLflow and trackio
+    run_name: str | None = None  # run name in the trackers (default: the run directory's name)
+    tensorboard: bool = True  # false: no TensorBoard even when report_to names it
     progress: bool = True
     plot: bool = True
     checkpoint_every: int = Field(25, ge=0)  # steps; 0 = only at the end

@@ -43,6 +43,7 @@ class RewardResult:
     failures: dict[str, int]  # failed evaluations by kind (every kind present), one per (sample, function)
     per_function: dict[str, list[float | None]]  # each function's values after the failure policy
     errors: list[str] = field(default_factory=list)  # up to MAX_ERRORS "name: kind: message" lines
+    function_failures: dict[str, dict[str, int]] = field(default_factory=dict)  # failures by function, then kind
     cache_hits: int = 0  # evaluations answered from the cache
     seconds: float = 0.0  # wall time of score()
 
@@ -202,9 +203,12 @@ class RewardEngine:
         counts = empty_counts()
         errors: list[str] = []
         per_function: dict[str, list[float | None]] = {}
+        by_function: dict[str, dict[str, int]] = {}
         for fi, name in enumerate(self.names):
             row = [o if o is not None else failure("error", "no result (internal error)") for o in outcomes[fi]]
             count_failures(row, counts)
+            by_function[name] = empty_counts()
+            count_failures(row, by_function[name])
             per_function[name] = [apply_policy(o, self.policy) for o in row]
             self._report(name, row, errors)
             if keys is not None and self._caches is not None:
@@ -216,7 +220,7 @@ class RewardEngine:
         self.calls += 1
         self.evaluations += n * len(self.loaded)
         rewards = combine([per_function[name] for name in self.names], self.weights)
-        return RewardResult(rewards, counts, per_function, errors, hits, time.monotonic() - t0)
+        return RewardResult(rewards, counts, per_function, errors, hits, time.monotonic() - t0, by_function)
 
     def _check_inputs(self, prompts: Sequence[str], completions: Sequence[str],
                       columns: Mapping[str, Sequence[Any]] | None) -> tuple[list[str], list[str], dict[str, list]]:
