@@ -118,33 +118,9 @@ def cmd_train(args, sft_only: bool = False) -> int:
 
 
 def cmd_eval(args) -> int:
-    from progrl.checkpoint import latest_checkpoint
-    from progrl.tasks import get_task
-    from progrl.trainer import Trainer
+    from progrl.api import evaluate
 
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "config.toml").exists():
-        raise ConfigError(f"error: {run_dir} is not a run directory (no config.toml)")
-    cfg = validate_model(TrainConfig, read_toml(run_dir / "config.toml"))
-    if args.n:
-        cfg.eval.n_prompts = args.n
-    task = get_task(cfg.task, cfg.task_options)
-    final = run_dir / "final"
-    cfg.sft.examples = 0
-    if final.exists():
-        cfg.model.name = str(final)
-        cfg.model.lora = False if not (final / "adapter_config.json").exists() else cfg.model.lora
-        trainer = Trainer(cfg, task, run_dir)
-    else:
-        path = latest_checkpoint(run_dir)
-        if path is None:
-            raise ConfigError(f"error: {run_dir} has neither a final model nor a checkpoint")
-        trainer = Trainer(cfg, task, run_dir)
-        trainer.resume_from(path)
-    try:
-        metrics = trainer.evaluate()
-    finally:
-        trainer.rewards.close()
+    metrics = evaluate(args.run_dir, n=args.n)
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -155,15 +131,12 @@ def cmd_eval(args) -> int:
 
 def describe_options(options_cls) -> list[str]:
     """One line per option of a task: name, type, default, description."""
-    from pydantic_core import PydanticUndefined
+    from progrl.docgen import UNDOCUMENTED, rows
 
     lines = []
-    for name, field in options_cls.model_fields.items():
-        ann = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
-        default = "(required)" if field.default is PydanticUndefined and field.default_factory is None \
-            else f"= {field.default!r}"
-        desc = f"  {field.description}" if field.description else ""
-        lines.append(f"    {name}: {ann} {default}{desc}")
+    for name, tp, default, meaning in rows(options_cls):
+        default = "(required)" if default == "required" else f"= {default}"
+        lines.append(f"    {name}: {tp} {default}" + ("" if meaning == UNDOCUMENTED else f"  -- {meaning}"))
     return lines
 
 

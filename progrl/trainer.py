@@ -119,7 +119,9 @@ def lr_lambda(schedule: str, warmup: int, total: int):
 class Trainer:
     """Owns the model, optimiser, reward engine and run directory of one run."""
 
-    def __init__(self, cfg: TrainConfig, task: Task, run_dir: str | Path, console=None):
+    def __init__(self, cfg: TrainConfig, task: Task, run_dir: str | Path, console=None, reward_functions=None):
+        """``reward_functions``: ``(callable or spec, weight)`` pairs used instead of the task's own
+        when the config names none (the Python API passes callables this way)."""
         self.cfg = cfg
         self.task = task
         self.run_dir = Path(run_dir)
@@ -129,6 +131,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
 
+        task.load()
         lm, self.tokenizer = build_model(cfg, task)
         task.bind_tokenizer(self.tokenizer)
         if cfg.model.lora:
@@ -168,7 +171,7 @@ class Trainer:
         from progrl.trackers import check_available
 
         check_available([n for n in cfg.log.report_to if n != "tensorboard"])
-        self.rewards = RewardEngine(cfg.reward, default_functions=task.reward_functions())
+        self.rewards = RewardEngine(cfg.reward, default_functions=reward_functions or task.reward_functions())
         self.tracker: Tracker | None = None
         self.step = 0
         self.state: dict = {}
@@ -200,8 +203,9 @@ class Trainer:
         return concat_rollouts(parts, self.sampling.pad_id)
 
     # ------------------------------------------------------------------ evaluation
-    def score(self, prompts: list, completions: list[str], records: list[dict], rollout: Rollout):
-        """The reward engine on one batch: conversations get TRL's completion shape, ids ride along."""
+    def score(self, prompts: list, completions: list[str], records: list[dict], ids: tuple[list, list]):
+        """The reward engine on one batch: conversations get TRL's completion shape; ``ids`` are the
+        (prompt ids, completion ids) lists, for functions that ask for them."""
         return self.rewards.score(prompts, reward_completions(prompts, completions), columns_of(records))
 
     @torch.no_grad()
@@ -212,24 +216,25 @@ class Trainer:
         records = self.task.eval_records(e.n_prompts, e.seed)
         prompts = [r["prompt"] for r in records]
         completions: list[str] = []
-        parts = []
+        truncated: list[bool] = []
+        ids: tuple[list, list] = ([], [])
         for i in range(0, len(prompts), e.batch_size):
             ro = self.generate(prompts[i:i + e.batch_size], None, greedy=True)
-            parts.append(ro)
             completions += self.decode(ro)
-        rollout = concat_rollouts(parts, self.sampling.pad_id)
-        result = self.score(prompts, completions, records, rollout)
+            truncated += ro.truncated.tolist() if ro.truncated is not None else [False] * ro.response_ids.shape[0]
+            p_ids, c_ids = id_lists(ro)
+            ids[0].extend(p_ids)
+            ids[1].extend(c_ids)
+        result = self.score(prompts, completions, records, ids)
         valid = [x for x in result.rewards if x is not None]
         metrics = {"mean_reward": sum(valid) / max(len(valid), 1)}
         metrics.update(function_means(result))
-        metrics["truncated_fraction"] = float(rollout.truncated.float().mean()) if rollout.truncated is not None \
-            else 0.0
+        metrics["truncated_fraction"] = sum(truncated) / max(len(truncated), 1)
         metrics.update(self.task.metrics(records, completions, result.rewards))
         if step is not None and self.tracker is not None:
             self.tracker.log_eval_samples(step, [
                 {"prompt": p, "completion": c, "reward": result.rewards[i],
-                 "rewards": {k: v[i] for k, v in result.per_function.items()},
-                 **({"truncated": bool(rollout.truncated[i])} if rollout.truncated is not None else {})}
+                 "rewards": {k: v[i] for k, v in result.per_function.items()}, "truncated": truncated[i]}
                 for i, (p, c) in enumerate(zip(prompts, completions))])
         return metrics
 
@@ -263,7 +268,7 @@ class Trainer:
 
         # 2. rewards: programmed scores; dropped samples leave the update
         t0 = time.time()
-        result = self.score(prompts, completions, records, rollout)
+        result = self.score(prompts, completions, records, id_lists(rollout))
         raw = torch.tensor([math.nan if x is None else float(x) for x in result.rewards], device=self.device)
         truncated = rollout.truncated if rollout.truncated is not None else torch.zeros_like(raw, dtype=torch.bool)
         if r.on_truncated == "mask":  # DAPO's overlong filtering: no reward, out of the loss
@@ -474,6 +479,15 @@ class Trainer:
 def columns_of(records: list[dict]) -> dict[str, list]:
     keys = [k for k in records[0] if k != "prompt"] if records else []
     return {k: [r.get(k) for r in records] for k in keys}
+
+
+def id_lists(rollout: Rollout) -> tuple[list[list[int]], list[list[int]]]:
+    """``(prompt ids, completion ids)`` of each row as plain lists, padding removed (the stop token kept)."""
+    prompts = [[t for t, m in zip(row, mask) if m] for row, mask in
+               zip(rollout.prompt_ids.tolist(), rollout.prompt_mask.tolist())]
+    completions = [[t for t, m in zip(row, mask) if m] for row, mask in
+                   zip(rollout.response_ids.tolist(), rollout.response_mask.tolist())]
+    return prompts, completions
 
 
 def is_conversation(prompt) -> bool:

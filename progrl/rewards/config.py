@@ -34,7 +34,7 @@ class RewardFunctionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     fn: str = Field(min_length=1)  # "path/to/file.py:function" or "package.module:function"
-    weight: float = 1.0
+    weight: float = 1.0  # weight in the sum over functions
     name: str | None = None  # key in per-function results; default: the function's name
     kwargs: dict[str, Any] = {}  # extra keyword arguments passed on every call
     batched: bool | None = None  # None: detect from the signature (first parameter prompts/completions)
@@ -53,7 +53,7 @@ class RewardConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     functions: list[RewardFunctionConfig] = []  # empty: the task's own reward functions
-    backend: Literal["inline", "process", "ray"] = "process"
+    backend: Literal["inline", "process", "ray"] = "process"  # where reward functions run: inline (in the trainer), process (worker pool) or ray
     timeout: float = Field(10.0, gt=0)  # seconds per call of a reward function (hard for process/ray)
     workers: int = Field(2, ge=1)  # worker processes (process) or actors (ray)
     memory_mb: int | None = Field(None, ge=16)  # address space a call may add in a worker (RLIMIT_AS)
@@ -63,14 +63,14 @@ class RewardConfig(BaseModel):
     show_output: bool = False  # let reward functions' stdout/stderr through (default: discarded)
     ray_address: str | None = None  # None: connect to a running Ray instance or start a local one
 
-    on_timeout: FailureValue = 0.01
-    on_error: FailureValue = 0.01
-    on_crash: FailureValue = 0.01
-    on_nan: FailureValue = 0.0
-    on_inf: FailureValue = 0.0
-    on_none: FailureValue = 0.0
-    on_type: FailureValue = 0.0
-    on_length: FailureValue = 0.0
+    on_timeout: FailureValue = 0.01  # value of a call past the timeout, or "drop"
+    on_error: FailureValue = 0.01  # value when the function raised, or "drop"
+    on_crash: FailureValue = 0.01  # value when the worker died or ran out of memory, or "drop"
+    on_nan: FailureValue = 0.0  # value for a NaN result, or "drop"
+    on_inf: FailureValue = 0.0  # value for an infinite result, or "drop"
+    on_none: FailureValue = 0.0  # value for None ("does not apply", TRL's convention), or "drop"
+    on_type: FailureValue = 0.0  # value for a non-number result, or "drop"
+    on_length: FailureValue = 0.0  # value when a batched function returned the wrong number of values, or "drop"
 
     @field_validator("functions", mode="before")
     @classmethod

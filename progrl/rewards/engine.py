@@ -43,9 +43,9 @@ class RewardResult:
     failures: dict[str, int]  # failed evaluations by kind (every kind present), one per (sample, function)
     per_function: dict[str, list[float | None]]  # each function's values after the failure policy
     errors: list[str] = field(default_factory=list)  # up to MAX_ERRORS "name: kind: message" lines
-    function_failures: dict[str, dict[str, int]] = field(default_factory=dict)  # failures by function, then kind
     cache_hits: int = 0  # evaluations answered from the cache
     seconds: float = 0.0  # wall time of score()
+    function_failures: dict[str, dict[str, int]] = field(default_factory=dict)  # failures by function, then kind
 
     @property
     def n_failed(self) -> int:
@@ -220,7 +220,8 @@ class RewardEngine:
         self.calls += 1
         self.evaluations += n * len(self.loaded)
         rewards = combine([per_function[name] for name in self.names], self.weights)
-        return RewardResult(rewards, counts, per_function, errors, hits, time.monotonic() - t0, by_function)
+        return RewardResult(rewards, counts, per_function, errors, hits, time.monotonic() - t0,
+                            function_failures=by_function)
 
     def _check_inputs(self, prompts: Sequence[str], completions: Sequence[str],
                       columns: Mapping[str, Sequence[Any]] | None) -> tuple[list[str], list[str], dict[str, list]]:

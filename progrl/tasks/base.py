@@ -33,6 +33,11 @@ class Task:
         """Config values this task wants unless the user says otherwise (nested dict)."""
         return {}
 
+    def load(self) -> None:
+        """Read the task's data, if it has any; the trainer calls this before loading the model so that
+        bad data fails fast (the default does nothing)."""
+        return None
+
     # --- model ---------------------------------------------------------------------
     def build_tokenizer(self):
         """A task-specific tokenizer, or None to use the pretrained model's own."""

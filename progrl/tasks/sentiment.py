@@ -35,8 +35,8 @@ class SentimentOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompts: str = "builtin"  # builtin | path to .csv/.jsonl/.txt | imdb
-    min_prompt_tokens: int = Field(2, ge=1)
-    max_prompt_tokens: int = Field(8, ge=1)
+    min_prompt_tokens: int = Field(2, ge=1)  # shortest prompt (tokens of the model's tokenizer)
+    max_prompt_tokens: int = Field(8, ge=1)  # longest prompt (tokens of the model's tokenizer)
     response_only: bool = False  # score the response alone instead of prompt + response
 
     @field_validator("max_prompt_tokens")
