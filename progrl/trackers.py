@@ -4,8 +4,9 @@ Each is an optional extra (``pip install progrl[wandb]`` ...); TensorBoard is th
 Every tracker gets the same scalars as ``metrics.jsonl``, named ``<phase>/<key>`` (``train/
 reward_mean``, ``eval/rewards/correct/mean``), and the run's config once. None of them needs a
 network: wandb honours ``WANDB_MODE=offline``, MLflow logs to ``MLFLOW_TRACKING_URI`` (a
-``file:`` or ``sqlite:`` store works offline; default: MLflow's own default), trackio to its
-local store (``TRACKIO_DIR``).
+``file:`` store, which MLflow 3 accepts with ``MLFLOW_ALLOW_FILE_STORE=true``, or ``sqlite:``
+with the full ``mlflow`` package; default: MLflow's own default), trackio to its local store
+(``TRACKIO_DIR``, default ``~/.cache/huggingface/trackio``).
 
 Resume: the wandb run id and the MLflow run id are kept in ``RUN_DIR/trackers.json`` so a
 resumed run continues the same tracker run instead of starting a new one.
@@ -134,7 +135,8 @@ class TrackioTracker:
 
         self.trackio = trackio
         resume = "allow" if state.get("trackio_name") else "never"
-        self.run = trackio.init(project=project, name=name, config=config, resume=resume, embed=False)
+        self.run = trackio.init(project=project, name=name, config=config, resume=resume, embed=False,
+                                auto_log_cpu=False, auto_log_gpu=False)
         state.put("trackio_name", name)
 
     def log(self, step: int, values: dict[str, float]) -> None:
@@ -161,14 +163,25 @@ def flatten(d: dict, prefix: str = "") -> dict:
 
 def open_trackers(run_dir: Path, names: list[str], *, project: str, name: str, config: dict) -> list:
     """Start the named trackers (TensorBoard quietly skipped when not installed, as before)."""
+    from progrl.config import ConfigError
+
     state = _State(run_dir)
     out = []
     for tracker in dict.fromkeys(names):
         try:
             out.append((tracker, TRACKERS[tracker](run_dir, project=project, name=name, config=config,
                                                    state=state)))
-        except ImportError:
+        except ImportError as exc:
             if tracker == "tensorboard":
                 continue  # the JSONL files are the record
-            raise
+            for _, t in out:
+                t.close()
+            raise ConfigError(f"config error: log.report_to: {tracker!r} needs the {PACKAGES[tracker]} package "
+                              f"(pip install progrl[{tracker}]): {exc}") from None
+        except Exception as exc:  # a tracker that cannot start (bad URI, refused store): one line, nothing lost
+            for _, t in out:
+                t.close()
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise ConfigError(f"config error: log.report_to: {tracker} could not start: "
+                              f"{type(exc).__name__}: {first}") from None
     return out
