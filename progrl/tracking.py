@@ -20,6 +20,8 @@ import logging
 import math
 from pathlib import Path
 
+from progrl.storage import append_text, atomic_write, atomic_write_text
+
 log = logging.getLogger("progrl")
 
 
@@ -65,19 +67,19 @@ class Tracker:
         self.tb = next((t.writer for n, t in self.trackers if n == "tensorboard"), None)
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drop rows written after the checkpoint's step (they will be redone)."""
+        """On resume, drop rows written after the checkpoint's step (they will be redone).
+        Each file is rewritten atomically: a crash here leaves the old file."""
         for path in (self.metrics_path, self.samples_path, self.eval_samples_path):
             if not path.exists():
                 continue
             rows = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
-            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def log(self, step: int, metrics: dict, phase: str = "train") -> None:
         from progrl.trackers import scalars
 
         row = {"step": step, "phase": phase, **{k: _clean(v) for k, v in metrics.items()}}
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_text(self.metrics_path, json.dumps(row) + "\n")
         values = scalars(metrics, phase)
         for name, tracker in list(self.trackers):
             try:
@@ -89,16 +91,14 @@ class Tracker:
 
     def log_eval_samples(self, step: int, samples: list[dict]) -> None:
         """Every generation of one evaluation, with its rewards, to eval_samples.jsonl."""
-        with self.eval_samples_path.open("a") as f:
-            for i, s in enumerate(samples):
-                f.write(json.dumps({"step": step, "index": i, **{k: _clean(v) for k, v in s.items()}}) + "\n")
+        append_text(self.eval_samples_path, "".join(
+            json.dumps({"step": step, "index": i, **{k: _clean(v) for k, v in s.items()}}) + "\n"
+            for i, s in enumerate(samples)))
 
     def log_samples(self, step: int, samples: list[dict]) -> None:
         if not samples:
             return
-        with self.samples_path.open("a") as f:
-            for s in samples:
-                f.write(json.dumps({"step": step, **s}) + "\n")
+        append_text(self.samples_path, "".join(json.dumps({"step": step, **s}) + "\n" for s in samples))
 
     def close(self) -> None:
         for name, tracker in self.trackers:
@@ -149,6 +149,8 @@ def plot_run(run_dir: str | Path, path: str | Path | None = None) -> Path | None
         axes[0][i].set_title(f"held-out {label}")
     fig.tight_layout()
     out = Path(path) if path else run_dir / "plot.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    try:
+        atomic_write(out, lambda f: fig.savefig(f, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
     return out

@@ -96,7 +96,7 @@ def test_a_task_in_a_file_trains_resumes_and_evaluates(tmp_path, monkeypatch, ca
     assert main(["train", ref, "--steps", "4", "--out", str(cut), *tiny_args(model)]) == 130
     monkeypatch.setattr(Trainer, "rl_step", original)
     monkeypatch.chdir(tmp_path)  # resume and eval from another directory
-    assert main(["train", "x", "--resume", str(cut)]) == 0  # the task comes from the run directory
+    assert main(["train", f"{plugin_dir}/letters.py:LetterTask", "--resume", str(cut)]) == 0
     assert train_rows(cut) == train_rows(full)  # the resumed run repeats the uninterrupted one
     capsys.readouterr()
     assert main(["eval", str(cut), "--json"]) == 0

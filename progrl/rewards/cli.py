@@ -2,8 +2,12 @@
 
     progrl score --reward my_reward.py:score --data samples.jsonl [--backend process] [--json]
 
-Each line of the data file is a JSON object with string ``prompt`` and ``completion``;
-every other key is passed to the reward functions as a column (keyword argument). Prints
+Each line of the data file is a JSON object with ``prompt`` and ``completion``, each a string
+or, as in TRL's conversational datasets, a list of ``{"role", "content"}`` messages (a string
+completion of a conversational prompt is given to the functions as
+``[{"role": "assistant", "content": completion}]``, the shape TRL's trainers pass); every
+other key (``answer``, ``completion_ids``, ...) is passed to the reward functions as a column
+(keyword argument). Prints
 one line per record and a failure summary; with ``--json`` the only (so the last) line on
 stdout is ``{"rewards": [...], "failures": {...}}``. A bad data file or reward spec is one
 line on stderr and exit code 2.
@@ -17,6 +21,8 @@ import math
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+from progrl.chat import assistant_message, is_conversation
 
 EXIT_USAGE = 2
 
@@ -53,7 +59,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help='print only one JSON object {"rewards": [...], "failures": {...}} as the last line')
 
 
-def read_jsonl(path: str) -> tuple[list[str], list[str], dict[str, list[Any]]]:
+def read_jsonl(path: str) -> tuple[list[Any], list[Any], dict[str, list[Any]]]:
     """Prompts, completions and the other keys as columns (missing values are None)."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -73,9 +79,12 @@ def read_jsonl(path: str) -> tuple[list[str], list[str], dict[str, list[Any]]]:
         if not isinstance(rec, dict):
             raise DataError(f"{path} line {lineno}: expected a JSON object, got {type(rec).__name__}")
         for key in ("prompt", "completion"):
-            if not isinstance(rec.get(key), str):
-                what = "missing" if key not in rec else f"not a string ({type(rec[key]).__name__})"
+            if not (isinstance(rec.get(key), str) or is_conversation(rec.get(key))):
+                what = "missing" if key not in rec else \
+                    f"neither a string nor a list of {{role, content}} messages ({type(rec[key]).__name__})"
                 raise DataError(f"{path} line {lineno}: {key!r} is {what}")
+        if is_conversation(rec["prompt"]) and isinstance(rec["completion"], str):
+            rec = {**rec, "completion": assistant_message(rec["completion"])}
         records.append((lineno, rec))
     if not records:
         raise DataError(f"data file {path} has no records")

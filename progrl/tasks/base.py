@@ -33,11 +33,6 @@ class Task:
         """Config values this task wants unless the user says otherwise (nested dict)."""
         return {}
 
-    def load(self) -> None:
-        """Read the task's data, if it has any; the trainer calls this before loading the model so that
-        bad data fails fast (the default does nothing)."""
-        return None
-
     # --- model ---------------------------------------------------------------------
     def build_tokenizer(self):
         """A task-specific tokenizer, or None to use the pretrained model's own."""
@@ -60,6 +55,15 @@ class Task:
         return [tokenizer(self.render_prompt(p), add_special_tokens=True)["input_ids"] for p in prompts]
 
     # --- data ----------------------------------------------------------------------
+    def load_data(self) -> None:
+        """Read the task's data files; the trainer calls it before loading the model, so a bad
+        file is reported before minutes are spent on the model. The default does nothing."""
+        return None
+
+    def data_summary(self) -> str | None:
+        """One line saying where the task's prompts come from (the trainer prints it), or None."""
+        return None
+
     def train_records(self, n: int, seed: int, step: int) -> list[Record]:
         """``n`` training prompts for RL step ``step`` (a pure function of its arguments)."""
         raise NotImplementedError

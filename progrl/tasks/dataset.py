@@ -140,6 +140,14 @@ class DatasetTask(Task):
             out.append(rec)
         return out
 
+    def load_data(self) -> None:
+        self.load()
+
+    def data_summary(self) -> str | None:
+        self.load()
+        where = "in-memory rows" if self._rows is not None else self.options.path
+        return f"dataset: {len(self._train)} training and {len(self._eval)} held-out prompts from {where}"
+
     def load(self) -> None:
         """Read the data and split off the held-out rows (done once, on first use)."""
         if self._train is not None:

@@ -19,17 +19,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from progrl.chat import is_conversation  # noqa: F401  (re-exported: the tasks use it from here)
+
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
 class DatasetError(ValueError):
     """A dataset that cannot be read or used, as one line."""
-
-
-def is_conversation(value: Any) -> bool:
-    """True for a list of chat messages: dicts with a string ``role`` and a ``content``."""
-    return (isinstance(value, list) and bool(value)
-            and all(isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m for m in value))
 
 
 def _read_jsonl(path: Path) -> list[dict]:
