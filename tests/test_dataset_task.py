@@ -181,8 +181,7 @@ def test_tiny_model_learns_from_a_jsonl_file(tmp_path):
                "--set", "reward.backend=inline", "--set", "rollout.max_new_tokens=4", "--set", "rollout.batch_size=8",
                "--set", "rollout.num_generations=4", "--set", "algo.lr=3e-3", "--set", "algo.epochs=2",
                "--set", "algo.minibatch_size=16", "--set", "eval.every=10", "--set", "log.progress=false",
-               "--set", "log.report_to=[]", "--set", "log.plot=false", "--set", "log.checkpoint_every=0",
-               "--set", "threads=1"])
+               "--set", "log.plot=false", "--set", "log.checkpoint_every=0", "--set", "threads=1"])
     assert rc == 0
     rows = [r for r in read_jsonl(run / "metrics.jsonl") if r["phase"] == "train"]
     first = sum(r["reward_mean"] for r in rows[:5]) / 5
@@ -205,6 +204,50 @@ def test_tiny_model_learns_from_a_jsonl_file(tmp_path):
         assert s["rewards"]["match"] == s["completion"].count(row["target"]) / 4
     evals = [r for r in read_jsonl(run / "metrics.jsonl") if r["phase"] == "eval"]
     assert "rewards/match/mean" in evals[-1]
+    # the same per-function means in TensorBoard
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    tb = {e.step: e.value for e in acc.Scalars("train/rewards/match/mean")}
+    assert tb == pytest.approx({r["step"]: r["rewards/match/mean"] for r in rows})
+    assert "eval/rewards/length/mean" in acc.Tags()["scalars"]
+
+
+def test_progress_line_and_plot_show_each_reward_function(tmp_path, capsys):
+    from progrl.config import TrainConfig
+    from progrl.tracking import plot_run
+    from progrl.trainer import progress_bar
+
+    cfg = TrainConfig(steps=2)
+    with progress_bar(cfg, 0) as bar:
+        bar.advance({"reward_mean": 0.5, "rewards/match/mean": 0.25, "rewards/length/mean": 3.0,
+                     "samples_per_s": 10.0})
+    assert "reward 0.500 (match 0.250, length 3.000)" in capsys.readouterr().err
+    rows = [{"step": s, "phase": "train", "reward_mean": 0.1 * s, "reward_std": 0.1, "rewards/match/mean": 0.1 * s,
+             "rewards/length/mean": 1.0} for s in (1, 2)]
+    rows.append({"step": 2, "phase": "eval", "mean_reward": 0.3, "rewards/match/mean": 0.3, "rewards/length/mean": 1.0})
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    saved = {}
+    real_savefig = plt.Figure.savefig
+
+    def spy(fig, *a, **k):
+        saved["titles"] = [ax.get_title() for ax in fig.axes]
+        saved["labels"] = [line.get_label() for line in fig.axes[0].lines]
+        return real_savefig(fig, *a, **k)
+
+    plt.Figure.savefig = spy
+    try:
+        assert plot_run(tmp_path).exists()
+    finally:
+        plt.Figure.savefig = real_savefig
+    assert "held-out length" in saved["titles"] and "held-out match" in saved["titles"]
+    assert {"match", "length"} <= set(saved["labels"])
 
 
 def test_in_memory_dataset_task(tmp_path):
