@@ -32,7 +32,7 @@ def sample_keys(prompts: Sequence[str], completions: Sequence[str],
     keys: list[Hashable | None] = []
     for i, (p, c) in enumerate(zip(prompts, completions)):
         try:
-            key = (freeze(p), freeze(c), tuple(freeze(columns[k][i]) for k in names))  # chats are lists
+            key = (p, c, tuple(freeze(columns[k][i]) for k in names))
             hash(key)  # prompts/completions that are not strings may be unhashable
         except TypeError:
             key = None
