@@ -62,7 +62,7 @@ def test_config_functions_override_task_defaults_and_take_kwargs():
 def test_per_sample_and_batched_give_the_same_values():
     cfg = RewardConfig(backend="inline", batch_size=3)
     with RewardEngine(cfg, [f"{FAULTS}:good", f"{FAULTS}:good_batched"]) as eng:
-        assert [lf.batched for lf in eng.loaded] == [False, True]
+        assert [f.batched for f in eng.functions] == [False, True]
         res = eng.score(["p"] * 7, [str(10 ** i) for i in range(7)])
     assert res.per_function["good"] == res.per_function["good_batched"] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
 
@@ -91,7 +91,7 @@ def test_cache_hits_skip_calls_but_not_failures():
         second = eng.score(["p", "p", "p", "p"], ["a", "b", "none", "a"], {"answer": [1, 2, 3, 9]})
     assert first.cache_hits == 0 and second.cache_hits == 2
     assert calls == ["a", "b", "none", "none", "a"]  # failures are re-evaluated; other answer = other key
-    assert second.rewards == [1.0, 1.0, 0.0, 1.0] and second.failures["none"] == 1
+    assert second.rewards == [1.0, 1.0, None, 1.0] and second.failures["none"] == 1  # None: no reward, dropped
 
 
 def test_drop_policy():

@@ -118,9 +118,11 @@ def test_config_validation():
     cfg = RewardConfig(functions=["a.py:f", {"fn": "m:g", "weight": 0.5}], on_nan="drop")
     assert [f.fn for f in cfg.functions] == ["a.py:f", "m:g"] and cfg.functions[1].weight == 0.5
     assert cfg.backend == "process" and cfg.failure_policy()["nan"] is None
-    for bad in ({"timeout": 0}, {"workers": 0}, {"batch_size": 0}, {"on_error": "skip"},
+    for bad in ({"timeout": 0}, {"workers": 0}, {"batch_size": 0}, {"on_error": "ignore"},
                 {"on_nan": math.nan}, {"backend": "threads"}, {"unknown": 1},
-                {"functions": [{"fn": "a.py:f", "weight": math.inf}]}, {"functions": [{"fn": "a:f", "x": 1}]}):
+                {"functions": [{"fn": "a.py:f", "weight": math.inf}]}, {"functions": [{"fn": "a:f", "x": 1}]},
+                {"max_failure_fraction": 0}, {"max_failure_fraction": 1.5}, {"sandbox": True, "backend": "ray"},
+                {"load_timeout": 0}):
         with pytest.raises(ValueError):
             RewardConfig(**bad)
 
