@@ -163,6 +163,9 @@ def cmd_tasks(_args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from progrl.rewards.engine import RewardFailureError
+    from progrl.rewards.jobs import RewardBackendError
+
     parser = make_parser()
     args = parser.parse_args(argv)
     try:
@@ -178,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
             from progrl.rewards.cli import run_score
 
             return run_score(args)
+    except (RewardFailureError, RewardBackendError) as err:  # a reward that cannot work: one line, no traceback
+        if os.environ.get("PROGRL_DEBUG"):
+            raise
+        print(" ".join(str(err).split()) or type(err).__name__, file=sys.stderr)
+        return 2 if isinstance(err, RewardFailureError) else 1
     except (ConfigError, ValueError, FileNotFoundError, ImportError) as err:
         if os.environ.get("PROGRL_DEBUG"):
             raise

@@ -404,6 +404,8 @@ class ProcessBackend(SupervisedBackend):
                 poller.register(w.pidfd, select.POLLIN)
             else:
                 timeout = min(timeout, POLL_FALLBACK)
+            if w.state == "starting" and w.stamped_since() is None:  # booting: look for the start of the load
+                timeout = min(timeout, POLL_FALLBACK)
         try:
             poller.poll(math.ceil(timeout * 1000))
         except InterruptedError:  # pragma: no cover - retried by the caller's loop
