@@ -274,3 +274,25 @@ def test_failure_values_stay_finite_floats():
     with engine("return_broken_real", "inline") as eng:
         res = eng.score(["p"], ["a"])
     assert all(isinstance(r, float) and math.isfinite(r) for r in res.rewards)
+
+
+def test_ctrl_c_in_score_with_workers_exits_130_and_leaves_no_process(tmp_path):
+    import signal
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "p", "completion": "c", "fault": "sleep"}\n' * 4)
+    before = set(descendants())
+    proc = subprocess.Popen([sys.executable, "-m", "progrl", "score", "--reward", f"{FAULTS}:faulty", "--data",
+                             str(data), "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=ENV, cwd=tmp_path)
+    deadline = time.monotonic() + 30
+    while not [cmd for cmd in descendants().values() if "progrl.rewards.worker" in cmd]:
+        assert time.monotonic() < deadline, "no worker started"
+        time.sleep(0.05)
+    time.sleep(0.5)  # the workers are in the sleeping reward now
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "progrl score: interrupted after 0 of 4 records" in err and "--resume" not in err
+    assert "Traceback" not in err
+    assert leftovers(before, timeout=5) == []

@@ -100,6 +100,15 @@ def test_apply_policy():
 def test_combine_weights_and_drop():
     assert combine([[1.0, 2.0], [10.0, None]], [0.5, 2.0]) == [20.5, None]
     assert combine([[1.0, 2.0]], [3.0]) == [3.0, 6.0]
+
+
+def test_combine_skip_adds_nothing_and_all_skipped_is_dropped():
+    from progrl.rewards.policy import SKIP
+
+    assert combine([[1.0, SKIP, SKIP], [10.0, 10.0, SKIP]], [0.5, 2.0]) == [20.5, 20.0, None]
+    assert combine([[SKIP, 1.0]], [3.0]) == [None, 3.0]  # one function: None -> no reward
+    assert combine([[SKIP], [None]], [1.0, 1.0]) == [None]
+    assert RewardConfig().failure_policy()["none"] == "skip"
     with pytest.raises(ValueError):
         combine([[1.0]], [1.0, 2.0])
 
