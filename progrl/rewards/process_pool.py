@@ -38,6 +38,7 @@ import logging
 import math
 import mmap
 import os
+import pickle
 import select
 import shutil
 import signal
@@ -52,6 +53,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import progrl
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
 from progrl.rewards.failures import Outcome, failure
 from progrl.rewards.isolation import kill_tree
 from progrl.rewards.jobs import Job, Results, RewardBackendError, SupervisedBackend
@@ -109,12 +115,12 @@ def _shared_stamps() -> tuple[int, mmap.mmap]:
 
 
 def _big_pipe() -> tuple[int, int]:
+    """A pipe (read end, write end), enlarged to PIPE_BYTES where the platform allows."""
     r, w = os.pipe()
-    set_size = getattr(__import__("fcntl"), "F_SETPIPE_SZ", None) if os.name == "posix" else None
-    if set_size is not None:
+    if fcntl is not None and hasattr(fcntl, "F_SETPIPE_SZ"):
         try:
-            __import__("fcntl").fcntl(w, set_size, PIPE_BYTES)
-        except OSError:
+            fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        except OSError:  # above /proc/sys/fs/pipe-max-size: keep the default
             pass
     return r, w
 
@@ -151,6 +157,9 @@ class _Worker:
         except OSError as exc:
             for fd in (jobs_r, replies_w, self.jobs, self.replies, stamps_fd):
                 os.close(fd)
+            self.stamps.close()
+            if self.scratch is not None:
+                shutil.rmtree(self.scratch, ignore_errors=True)
             raise RewardBackendError(f"cannot start a reward worker ({argv[0]}): {exc.strerror or exc}") from None
         for fd in (jobs_r, replies_w):
             os.close(fd)
@@ -177,7 +186,10 @@ class _Worker:
         self.job_id = 0
         self.cap = math.inf  # the current job's deadline whatever the stamps say
         self.eof = False
-        self.flush()
+        try:
+            self.flush()
+        except OSError:  # it died at once: the supervisor's liveness check reports how
+            pass
 
     @property
     def pid(self) -> int:
@@ -311,8 +323,6 @@ class ProcessBackend(SupervisedBackend):
     def __init__(self, functions: Sequence[Any], batched: Sequence[bool] | None = None, *,
                  load_timeout: float | None = None, sandbox: bool = False, sandbox_network: bool = False,
                  **options: Any) -> None:
-        import pickle
-
         super().__init__(functions, batched if batched is not None else [False] * len(functions), **options)
         self.load_timeout = load_timeout if load_timeout is not None else self.timeout
         self.sandbox = sandbox

@@ -114,9 +114,10 @@ class RewardActor:
 class _Slot:
     """Driver-side state of one actor."""
 
-    def __init__(self, handle: Any, ready_ref: Any) -> None:
+    def __init__(self, handle: Any, ready_ref: Any, load_ref: Any) -> None:
         self.handle = handle
         self.ref = ready_ref  # pid() while starting, load() while loading, evaluate() while busy
+        self.load_ref = load_ref  # sent with pid(), so that the actor loads as soon as it is up
         self.state = "starting"  # starting | loading | idle | busy
         self.since = time.monotonic()
         self.job: Job | None = None
@@ -159,7 +160,7 @@ class RayBackend(SupervisedBackend):
 
     def _new_slot(self) -> _Slot:
         handle = self._actor_cls.remote(self.memory_mb, self.show_output)
-        return _Slot(handle, handle.pid.remote())
+        return _Slot(handle, handle.pid.remote(), handle.load.remote(self.functions))
 
     def start(self) -> None:
         if self._closed:
@@ -251,8 +252,8 @@ class RayBackend(SupervisedBackend):
             except ray.exceptions.RayError as exc:
                 self._start_failed(slot, f"{type(exc).__name__}: {exc}")
                 return
-            slot.state, slot.since = "loading", time.monotonic()
-            slot.ref = slot.handle.load.remote(self.functions)
+            slot.state, slot.since = "loading", time.monotonic()  # the load runs now (queued after pid())
+            slot.ref = slot.load_ref
             return
         if slot.state == "loading":
             try:
