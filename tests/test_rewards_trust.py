@@ -27,6 +27,7 @@ import pytest
 import reward_hostile
 from progrl.rewards import RewardConfig, RewardEngine, RewardSpecError
 from progrl.rewards.failures import MAX_MESSAGE, Outcome
+from progrl.rewards.sandbox import sandbox_problem
 from progrl.rewards.wire import (
     FunctionInfo,
     LineReader,
@@ -105,11 +106,13 @@ def test_decode_refuses_nan_and_deep_nesting():
 # ----------------------------------------------------------------------------- 1. hostile workers
 
 
+@pytest.mark.parametrize("sandbox", [False, pytest.param(True, marks=pytest.mark.skipif(
+    sandbox_problem() is not None, reason=str(sandbox_problem())))])
 @pytest.mark.parametrize("fn", ["pickle_bomb", "bad_json_reply"])
-def test_crafted_bytes_on_every_fd_never_reach_the_trainer(fn, tmp_path):
+def test_crafted_bytes_on_every_fd_never_reach_the_trainer(fn, sandbox, tmp_path):
     marker = tmp_path / "unpickled-in-the-trainer"
     before = set(descendants())
-    with engine(fn, workers=2) as eng:
+    with engine(fn, workers=2, sandbox=sandbox) as eng:
         res = eng.score(["p"] * 3, ["a", "bb", "ccc"], {"marker": [str(marker)] * 3})
         assert not marker.exists()  # nothing from the worker was unpickled here
         assert res.failures["crash"] == 3 and res.rewards == [0.01] * 3, res.errors
