@@ -219,6 +219,8 @@ class _Worker:
                 self.eof = True
                 break
             lines += self.reader.feed(data)
+            if len(data) < PIPE_BYTES:  # drained for now: poll() says when more comes
+                break
         return lines
 
     def send(self, data: bytes) -> None:
@@ -404,23 +406,36 @@ class ProcessBackend(SupervisedBackend):
         active = [w for w in self._workers if w.state in ("starting", "busy")]
         if not active:
             return
-        timeout = max(0.0, min(self._deadline(w) for w in active) - time.monotonic())
+        deadlines = [self._deadline(w) for w in active]
+        timeout = max(0.0, min(deadlines) - time.monotonic())
         poller = select.poll()
+        watched = {}  # fd -> worker
+        always = set()  # workers checked on every wake-up
         for w in active:
             poller.register(w.replies, select.POLLIN)
+            watched[w.replies] = w
             if w.outbox:
                 poller.register(w.jobs, select.POLLOUT)
+                watched[w.jobs] = w
             if w.pidfd is not None:
                 poller.register(w.pidfd, select.POLLIN)
+                watched[w.pidfd] = w
             else:
                 timeout = min(timeout, POLL_FALLBACK)
-            if w.state == "starting" and w.stamped_since() is None:  # booting: look for the start of the load
-                timeout = min(timeout, POLL_FALLBACK)
+                always.add(id(w))
+            if w.state == "starting":
+                always.add(id(w))
+                if w.stamped_since() is None:  # booting: look for the start of the load
+                    timeout = min(timeout, POLL_FALLBACK)
         try:
-            poller.poll(math.ceil(timeout * 1000))
+            events = poller.poll(math.ceil(timeout * 1000))
         except InterruptedError:  # pragma: no cover - retried by the caller's loop
-            pass
-        for w in active:
+            events = []
+        woken = {id(watched[fd]) for fd, _ in events}
+        now = time.monotonic()
+        for w, deadline in zip(active, deadlines):
+            if id(w) not in woken and id(w) not in always and now < deadline:
+                continue  # nothing happened to this one
             if w.state == "starting":
                 self._check_starting(w)
             elif w.state == "busy":
