@@ -194,25 +194,31 @@ def test_missing_attribute_is_reported_by_the_worker():
         RewardEngine(RewardConfig(functions=[f"{HOSTILE}:no_such_fn"], workers=1))
 
 
-@pytest.mark.parametrize("command, kind", [("score", "raise"), ("score", "exit0"), ("score", "sleep"),
-                                           ("train", "exit0")])
-def test_import_faults_exit_2_with_one_line(import_fault, tmp_path, command, kind):
-    spec = import_fault(kind)
-    if command == "score":
-        data = tmp_path / "d.jsonl"
-        data.write_text('{"prompt": "p", "completion": "c"}\n')
-        argv = ["score", "--reward", spec, "--data", str(data), "--timeout", "1.5"]
-    else:
-        argv = ["train", "arithmetic", "--steps", "1", "--out", str(tmp_path / "run"), "--set", "model.n_layer=1",
-                "--set", "model.n_embd=32", "--set", "model.n_head=2", "--set", "sft.examples=0",
-                "--set", f'reward.functions=["{spec}"]', "--set", 'reward.backend="process"',
-                "--set", "reward.timeout=1.5", "--set", "log.progress=false"]
-    proc = subprocess.run([sys.executable, "-m", "progrl", *argv], capture_output=True, text=True, timeout=180,
-                          env=ENV, cwd=tmp_path)
+@pytest.mark.parametrize("kind", ["raise", "exit0", "sleep"])
+def test_import_faults_exit_2_with_one_line_from_score(import_fault, tmp_path, kind):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "p", "completion": "c"}\n')
+    proc = subprocess.run([sys.executable, "-m", "progrl", "score", "--reward", import_fault(kind), "--data", str(data),
+                           "--timeout", "1.5"], capture_output=True, text=True, timeout=180, env=ENV, cwd=tmp_path)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    errors = [line for line in proc.stderr.splitlines() if "reward function" in line]
-    assert len(errors) == 1 and re.search(IMPORT_MESSAGES[kind], errors[0]), proc.stderr
-    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert len(proc.stderr.splitlines()) == 1 and re.search(IMPORT_MESSAGES[kind], proc.stderr), proc.stderr
+    assert proc.stdout == ""
+
+
+def test_import_fault_exits_2_with_one_line_from_train(import_fault, tmp_path, capsys):
+    """os._exit(0) at import used to end `progrl train` with exit code 0 and no output."""
+    from progrl.cli import main
+
+    spec = import_fault("exit0")
+    code = main(["train", "arithmetic", "--steps", "1", "--out", str(tmp_path / "run"), "--set", "model.n_layer=1",
+                 "--set", "model.n_embd=32", "--set", "model.n_head=2", "--set", "sft.examples=0",
+                 "--set", f'reward.functions=["{spec}"]', "--set", 'reward.backend="process"',
+                 "--set", "reward.timeout=1.5", "--set", "log.progress=false"])
+    captured = capsys.readouterr()
+    assert code == 2
+    errors = [line for line in captured.err.splitlines() if "reward function" in line]
+    assert errors == [f"reward function {spec!r}: the reward worker exited with code 0 while loading it"]
+    assert "Traceback" not in captured.err and captured.out == ""
 
 
 # ----------------------------------------------------------------------------- 4. hard-to-classify results
