@@ -197,6 +197,7 @@ class Trainer:
         for i in range(0, len(prompts), e.batch_size):
             completions += self.decode(self.generate(prompts[i:i + e.batch_size], None, greedy=True))
         result = self.rewards.score(prompts, completions, columns_of(records))
+        self.rewards.check_failures(result)  # RewardFailureError: every sample failed for one reason
         valid = [x for x in result.rewards if x is not None]
         metrics = {"mean_reward": sum(valid) / max(len(valid), 1)}
         metrics.update(self.task.metrics(records, completions, result.rewards))
@@ -233,6 +234,7 @@ class Trainer:
         # 2. rewards: programmed scores; dropped samples leave the update
         t0 = time.time()
         result = self.rewards.score(prompts, completions, columns_of(records))
+        self.rewards.check_failures(result)  # RewardFailureError: every sample failed for one reason
         raw = torch.tensor([math.nan if x is None else float(x) for x in result.rewards], device=self.device)
         dropped = torch.isnan(raw)
         scores = torch.where(dropped, torch.zeros_like(raw), raw)  # a dropped sample's score is never read
