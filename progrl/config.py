@@ -262,7 +262,7 @@ def config_to_dict(cfg: TrainConfig) -> dict:
 # and where / with how many threads or reward workers it runs. Everything else would make the
 # continued run a different run than the one its checkpoints and metrics belong to.
 RESUME_MUTABLE = ("steps", "log.*", "eval.every", "eval.batch_size", "threads", "device", "reward.workers",
-                  "reward.show_output", "reward.ray_address")
+                  "reward.show_output", "reward.ray_address", "reward.load_timeout", "reward.max_failure_fraction")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
