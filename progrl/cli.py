@@ -265,6 +265,9 @@ def one_line(err: BaseException, limit: int = 500) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from progrl.rewards.engine import RewardFailureError
+    from progrl.rewards.jobs import RewardBackendError
+
     parser = make_parser()
     args = parser.parse_args(argv)
     try:
@@ -280,6 +283,11 @@ def main(argv: list[str] | None = None) -> int:
             from progrl.rewards.cli import run_score
 
             return run_score(args)
+    except (RewardFailureError, RewardBackendError) as err:  # a reward that cannot work: one line, no traceback
+        if os.environ.get("PROGRL_DEBUG"):
+            raise
+        print(one_line(err, limit=1200), file=sys.stderr)  # the failure message (<= 500) and its counts
+        return 2 if isinstance(err, RewardFailureError) else 1
     except (ConfigError, ValueError, FileNotFoundError, ImportError, StorageError) as err:
         if os.environ.get("PROGRL_DEBUG"):
             raise

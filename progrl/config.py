@@ -96,7 +96,7 @@ class AlgoConfig(_Section):
     lam: float = Field(0.95, ge=0.0, le=1.0)  # GAE lambda
     # None: the estimator's own definition (progrl.advantages.default_whiten): on for gae, off for
     # grpo / dr_grpo / rloo; reinforce_pp always normalises over the batch (the switch does not apply)
-    whiten_advantages: bool | None = None  # normalise advantages over the batch; unset: the estimator's own definition (on for gae, off for grpo / dr_grpo / rloo)
+    whiten_advantages: bool | None = None
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"  # how token losses are averaged (docs/algorithms.md)
     entropy_coef: float = 0.0  # token-entropy bonus
     batch_entropy_coef: float = 0.0  # the paper's batch-entropy bonus
@@ -276,7 +276,7 @@ def config_to_dict(cfg: TrainConfig) -> dict:
 # and where / with how many threads or reward workers it runs. Everything else would make the
 # continued run a different run than the one its checkpoints and metrics belong to.
 RESUME_MUTABLE = ("steps", "log.*", "eval.every", "eval.batch_size", "threads", "device", "reward.workers",
-                  "reward.show_output", "reward.ray_address")
+                  "reward.show_output", "reward.ray_address", "reward.load_timeout", "reward.max_failure_fraction")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -7,7 +7,7 @@ Every field of every section (:class:`progrl.config.TrainConfig` and the section
 the reward engine's :class:`~progrl.rewards.config.RewardConfig` included) becomes one table row:
 its TOML key, type, default and meaning. The meaning is the field's ``description`` when it has
 one, else the comment written after it on its line in the source (the config modules document
-their fields that way), else the section's docstring is all there is and the row says
+their fields that way), else the comment lines right above it, else the row says
 "(undocumented)" -- which the test refuses, so every new field must say what it does. The
 options of the built-in tasks (``task_options``) follow, from the tasks' option models.
 """
@@ -49,8 +49,18 @@ def source_comments(cls: type) -> dict[str, str]:
         if ":" not in stripped or stripped.startswith(("#", "def ", "@", "class ")):
             continue
         name = stripped.split(":", 1)[0].strip()
-        if name.isidentifier() and lineno in comments and name in getattr(cls, "model_fields", {}):
+        if not (name.isidentifier() and name in getattr(cls, "model_fields", {})):
+            continue
+        if lineno in comments and not stripped.startswith("#"):
             out.setdefault(name, comments[lineno])
+            continue
+        above = []  # else the comment lines right above the field
+        k = lineno - 1
+        while k >= 1 and lines[k - 1].strip().startswith("#"):
+            above.insert(0, lines[k - 1].strip().lstrip("#").strip())
+            k -= 1
+        if above:
+            out.setdefault(name, " ".join(above))
     return out
 
 

@@ -213,7 +213,9 @@ class Trainer:
         (prompt ids, completion ids) lists, for functions that ask for them."""
         columns = columns_of(records)
         columns["prompt_ids"], columns["completion_ids"] = ids  # what TRL passes: the token ids, no padding
-        return self.rewards.score(prompts, reward_completions(prompts, completions), columns)
+        result = self.rewards.score(prompts, reward_completions(prompts, completions), columns)
+        self.rewards.check_failures(result)  # RewardFailureError: every sample failed for one reason
+        return result
 
     @torch.no_grad()
     def evaluate(self, step: int | None = None) -> dict:
