@@ -249,8 +249,10 @@ def cmd_tasks(args) -> int:
         try:
             cls = task_class(name)
             summary, options = cls.summary, describe_options(cls.Options)
-        except ImportError as err:  # an optional dependency is missing
-            summary, options = f"(unavailable: {err})", []
+        except (ImportError, ConfigError) as err:  # an optional dependency is missing, a plug-in is broken
+            if not plugins.get(name) and name not in TASKS:
+                raise  # the one task asked for: its error is the answer
+            summary, options = f"(unavailable: {str(err).splitlines()[0]})", []
         print(f"{name:18s} {summary}" + (f"  [{origin}]" if origin else ""))
         for line in options:
             print(line)
