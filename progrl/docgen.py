@@ -15,6 +15,7 @@ options of the built-in tasks (``task_options``) follow, from the tasks' option 
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import io
 import sys
@@ -29,6 +30,7 @@ DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 UNDOCUMENTED = "(undocumented)"
 
 
+@functools.lru_cache(maxsize=None)
 def source_comments(cls: type) -> dict[str, str]:
     """``field name -> trailing comment`` of the ``name: type = value  # comment`` lines of a class body."""
     try:
