@@ -114,6 +114,15 @@ def test_columns_splits_and_order(tmp_path):
     # the held-out draw depends on split_seed only
     again = get_task("dataset", {"path": str(tmp_path / "d.jsonl"), "eval_fraction": 0.25})
     assert again.eval_records(100, 7) == held
+    # local paths are recorded absolute (eval and resume from any directory); ids stay as given
+    assert get_task("dataset", {"path": "d.jsonl"}).options.path == "d.jsonl"
+    import os
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert get_task("dataset", {"path": "d.jsonl"}).options.path == str(tmp_path / "d.jsonl")
+    finally:
+        os.chdir(cwd)
     # a second file as the held-out set
     other = write_jsonl(tmp_path / "e.jsonl", [{"prompt": "held", "answer": "x"}])
     t2 = get_task("dataset", {"path": str(tmp_path / "d.jsonl"), "eval_path": str(other)})

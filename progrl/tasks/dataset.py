@@ -32,10 +32,11 @@ through the Python API).
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from progrl.tasks.base import Record, Task
 from progrl.tasks.dataset_io import DatasetError, is_conversation, load_rows
@@ -63,6 +64,15 @@ class DatasetOptions(BaseModel):
                                                          "conversations (and to strings when system_prompt is set), "
                                                          "true = always, false = never")
     max_rows: int | None = Field(None, ge=1, description="use only the first N rows of the training data")
+
+    @field_validator("path", "eval_path")
+    @classmethod
+    def _absolute(cls, v: str | None) -> str | None:
+        """A local file or folder is recorded with its absolute path, so the run's config.toml finds it
+        again from any directory (eval, resume); a Hub id stays as it is."""
+        if v is not None and os.path.exists(os.path.expanduser(v)):
+            return os.path.abspath(os.path.expanduser(v))
+        return v
 
 
 def as_conversation(prompt: Any, system_prompt: str | None, wrap_strings: bool) -> Any:
