@@ -135,6 +135,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
 
         task.load_data()  # a bad data file is reported before the model is loaded
+        if not cfg.reward.functions and not (reward_functions or task.reward_functions()):
+            raise ConfigError('config error: reward.functions: task %r has no reward of its own; name yours, e.g. '
+                              '--set \'reward.functions=["rewards.py:correct"]\'' % task_label_of(cfg.task))
         lm, self.tokenizer = build_model(cfg, task)
         task.bind_tokenizer(self.tokenizer)
         self.data_note = task.data_summary()
@@ -496,6 +499,10 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------- small helpers
+
+
+def task_label_of(name: str) -> str:
+    return name.rsplit("/", 1)[-1]
 
 
 def columns_of(records: list[dict]) -> dict[str, list]:

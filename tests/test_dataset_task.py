@@ -91,6 +91,12 @@ def test_bad_data_is_one_line_naming_the_file_and_line(tmp_path, capsys):
     assert "line 2: invalid JSON" in err[-1] and not any("Traceback" in line or "Loading" in line for line in err)
     assert main(["train", "dataset", "--set", "task_options.pth=x"]) == 2
     assert "task_options.pth: unknown field" in capsys.readouterr().err
+    good = write_jsonl(tmp_path / "good.jsonl", ROWS * 3)
+    assert main(["train", "dataset", "--model", str(model), "--set", f"task_options.path={good}",
+                 "--out", str(tmp_path / "r2")]) == 2  # no reward named: before the model loads
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "reward.functions: task 'dataset' has no reward of its own" in err[-1]
+    assert not any("Loading" in line for line in err)
 
 
 # ----------------------------------------------------------------------------- records
