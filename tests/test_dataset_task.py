@@ -182,7 +182,7 @@ def test_answer_column_gives_warm_start_texts(tmp_path):
 # ----------------------------------------------------------------------------- training
 
 
-def test_tiny_model_learns_from_a_jsonl_file(tmp_path):
+def test_tiny_model_learns_from_a_jsonl_file(tmp_path, capsys):
     """What it must show #1: the reward rises, the extra column reaches the reward, per-function
     means in metrics.jsonl, the held-out generations in eval_samples.jsonl."""
     (tmp_path / "rewards.py").write_text(REWARDS)
@@ -227,6 +227,11 @@ def test_tiny_model_learns_from_a_jsonl_file(tmp_path):
     tb = {e.step: e.value for e in acc.Scalars("train/rewards/match/mean")}
     assert tb == pytest.approx({r["step"]: r["rewards/match/mean"] for r in rows})
     assert "eval/rewards/length/mean" in acc.Tags()["scalars"]
+    # `progrl eval RUN` finds the data and the rewards again from the run directory alone
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert again["rewards/match/mean"] == pytest.approx(evals[-1]["rewards/match/mean"])
 
 
 def test_progress_line_and_plot_show_each_reward_function(tmp_path, capsys):
