@@ -25,6 +25,7 @@ import torch
 
 from progrl import checkpoint as ckpt
 from progrl.advantages import compute_advantages, token_rewards
+from progrl.chat import assistant_message, is_conversation
 from progrl.config import ConfigError, TrainConfig, config_to_dict
 from progrl.kl import make_kl_controller
 from progrl.losses import (aggregate, batch_entropy, explained_variance, kl_penalty, masked_mean, policy_loss,
@@ -32,6 +33,7 @@ from progrl.losses import (aggregate, batch_entropy, explained_variance, kl_pena
 from progrl.policy import Policy, Reference
 from progrl.rollout import Rollout, SamplingParams, forward_response, left_pad, sample
 from progrl.sft import supervised_warm_start
+from progrl.stopping import StopStrings
 from progrl.storage import (StorageError, atomic_torch_save, atomic_write_text, describe, disk_full, remove_tree,
                             torch_save)
 from progrl.tasks.base import Task
@@ -52,13 +54,22 @@ def step_generator(seed: int, step: int, device: torch.device, salt: int = 0) ->
 
 
 def token_ids(tokenizer, tokens: list[str], field: str) -> tuple[int, ...]:
-    """Token strings from the config to ids; an unknown token is a config error naming the field."""
+    """Tokens from the config to ids: a vocabulary entry (``"Ċ"``) or a text that is one token (``"\\n"``).
+
+    Anything else is a config error naming the field (a text of several tokens is a stop string:
+    ``rollout.stop``)."""
     ids = []
     vocab = tokenizer.get_vocab()
     for t in tokens:
-        if t not in vocab:
-            raise ConfigError(f"config error: {field}: token {t!r} is not in the tokenizer's vocabulary")
-        ids.append(vocab[t])
+        if t in vocab:
+            ids.append(vocab[t])
+            continue
+        encoded = tokenizer(t, add_special_tokens=False)["input_ids"] if t else []
+        if len(encoded) != 1:
+            hint = " (use rollout.stop for stop strings)" if field == "rollout.stop_tokens" else ""
+            raise ConfigError(f"config error: {field}: {t!r} is not one token of the tokenizer's vocabulary "
+                              f"(it encodes to {len(encoded)} tokens){hint}")
+        ids.append(encoded[0])
     return tuple(ids)
 
 
@@ -111,7 +122,9 @@ def lr_lambda(schedule: str, warmup: int, total: int):
 class Trainer:
     """Owns the model, optimiser, reward engine and run directory of one run."""
 
-    def __init__(self, cfg: TrainConfig, task: Task, run_dir: str | Path, console=None):
+    def __init__(self, cfg: TrainConfig, task: Task, run_dir: str | Path, console=None, reward_functions=None):
+        """``reward_functions``: ``(callable or spec, weight)`` pairs used instead of the task's own
+        when the config names none (the Python API passes callables this way)."""
         self.cfg = cfg
         self.task = task
         self.run_dir = Path(run_dir)
@@ -122,6 +135,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
 
         task.load_data()  # a bad data file is reported before the model is loaded
+        if not cfg.reward.functions and not (reward_functions or task.reward_functions()):
+            raise ConfigError('config error: reward.functions: task %r has no reward of its own; name yours, e.g. '
+                              '--set \'reward.functions=["rewards.py:correct"]\'' % task_label_of(cfg.task))
         lm, self.tokenizer = build_model(cfg, task)
         task.bind_tokenizer(self.tokenizer)
         self.data_note = task.data_summary()
@@ -137,11 +153,13 @@ class Trainer:
         r = cfg.rollout
         eos = self.tokenizer.eos_token_id
         stop = token_ids(self.tokenizer, r.stop_tokens, "rollout.stop_tokens")
+        self.stop_strings = StopStrings(self.tokenizer, r.stop, keep=r.stop_keep)
         self.sampling = SamplingParams(
             max_new_tokens=r.max_new_tokens, min_new_tokens=r.min_new_tokens, temperature=r.temperature,
             top_k=r.top_k, top_p=r.top_p, stop_ids=tuple(sorted({*stop, *([eos] if eos is not None else [])})),
             banned_ids=token_ids(self.tokenizer, r.banned_tokens, "rollout.banned_tokens"),
-            pad_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
+            pad_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0,
+            stop_check=self.stop_strings.hits if self.stop_strings else None)
 
         a = cfg.algo
         if a.estimator in ("grpo", "dr_grpo", "rloo") and r.num_generations < 2:
@@ -157,8 +175,10 @@ class Trainer:
         self.kl_ctl = make_kl_controller(a.kl_controller, a.kl_coef, a.kl_target, a.kl_horizon)
 
         from progrl.rewards import RewardEngine
+        from progrl.trackers import check_available
 
-        self.rewards = RewardEngine(cfg.reward, default_functions=task.reward_functions())
+        check_available([n for n in cfg.log.report_to if n != "tensorboard"])
+        self.rewards = RewardEngine(cfg.reward, default_functions=reward_functions or task.reward_functions())
         self.tracker: Tracker | None = None
         self.step = 0
         self.saved_step: int | None = None  # the step whose checkpoint on disk holds the current state
@@ -169,15 +189,19 @@ class Trainer:
         if self.console is not None:
             self.console.print(text)
 
-    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = [self.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
-        return left_pad(ids, self.sampling.pad_id, self.device)
+    def encode_prompts(self, prompts: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids of the records' prompts (strings or conversations, as the task renders them), left-padded."""
+        return left_pad(self.task.encode_prompts(self.tokenizer, prompts), self.sampling.pad_id, self.device)
 
     def decode(self, rollout: Rollout) -> list[str]:
+        """The completions' text, cut at the first stop string (see progrl.stopping)."""
         ids = rollout.response_ids.masked_fill(rollout.response_mask == 0, self.sampling.pad_id)
-        return self.tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)
+        if self.stop_strings:
+            texts = [self.stop_strings.cut(t)[0] for t in texts]
+        return texts
 
-    def generate(self, prompts: list[str], generator: torch.Generator | None, greedy: bool = False) -> Rollout:
+    def generate(self, prompts: list, generator: torch.Generator | None, greedy: bool = False) -> Rollout:
         """Sample (or greedily decode) responses for ``prompts`` in chunks of generation_batch_size."""
         params = SamplingParams(**{**self.sampling.__dict__, "greedy": greedy})
         ids, mask = self.encode_prompts(prompts)
@@ -187,20 +211,43 @@ class Trainer:
         return concat_rollouts(parts, self.sampling.pad_id)
 
     # ------------------------------------------------------------------ evaluation
+    def score(self, prompts: list, completions: list[str], records: list[dict], ids: tuple[list, list]):
+        """The reward engine on one batch: conversations get TRL's completion shape; ``ids`` are the
+        (prompt ids, completion ids) lists, for functions that ask for them."""
+        columns = columns_of(records)
+        columns["prompt_ids"], columns["completion_ids"] = ids  # what TRL passes: the token ids, no padding
+        result = self.rewards.score(prompts, reward_completions(prompts, completions), columns)
+        self.rewards.check_failures(result)  # RewardFailureError: every sample failed for one reason
+        return result
+
     @torch.no_grad()
-    def evaluate(self) -> dict:
-        """Greedy decoding on the held-out prompts: mean reward plus the task's metrics."""
+    def evaluate(self, step: int | None = None) -> dict:
+        """Greedy decoding on the held-out prompts: mean reward (overall and per function) plus the
+        task's metrics. With ``step``, the generations and their rewards go to eval_samples.jsonl."""
         e = self.cfg.eval
         records = self.task.eval_records(e.n_prompts, e.seed)
         prompts = [r["prompt"] for r in records]
         completions: list[str] = []
+        truncated: list[bool] = []
+        ids: tuple[list, list] = ([], [])
         for i in range(0, len(prompts), e.batch_size):
-            completions += self.decode(self.generate(prompts[i:i + e.batch_size], None, greedy=True))
-        result = self.rewards.score(prompts, completions, columns_of(records))
-        self.rewards.check_failures(result)  # RewardFailureError: every sample failed for one reason
+            ro = self.generate(prompts[i:i + e.batch_size], None, greedy=True)
+            completions += self.decode(ro)
+            truncated += ro.truncated.tolist() if ro.truncated is not None else [False] * ro.response_ids.shape[0]
+            p_ids, c_ids = id_lists(ro)
+            ids[0].extend(p_ids)
+            ids[1].extend(c_ids)
+        result = self.score(prompts, completions, records, ids)
         valid = [x for x in result.rewards if x is not None]
         metrics = {"mean_reward": sum(valid) / max(len(valid), 1)}
+        metrics.update(function_means(result))
+        metrics["truncated_fraction"] = sum(truncated) / max(len(truncated), 1)
         metrics.update(self.task.metrics(records, completions, result.rewards))
+        if step is not None and self.tracker is not None:
+            self.tracker.log_eval_samples(step, [
+                {"prompt": p, "completion": c, "reward": result.rewards[i],
+                 "rewards": {k: v[i] for k, v in result.per_function.items()}, "truncated": truncated[i]}
+                for i, (p, c) in enumerate(zip(prompts, completions))])
         return metrics
 
     # ------------------------------------------------------------------ warm start
@@ -233,9 +280,13 @@ class Trainer:
 
         # 2. rewards: programmed scores; dropped samples leave the update
         t0 = time.time()
-        result = self.rewards.score(prompts, completions, columns_of(records))
-        self.rewards.check_failures(result)  # RewardFailureError: every sample failed for one reason
+        result = self.score(prompts, completions, records, id_lists(rollout))
         raw = torch.tensor([math.nan if x is None else float(x) for x in result.rewards], device=self.device)
+        truncated = rollout.truncated if rollout.truncated is not None else torch.zeros_like(raw, dtype=torch.bool)
+        if r.on_truncated == "mask":  # DAPO's overlong filtering: no reward, out of the loss
+            raw = raw.masked_fill(truncated, math.nan)
+        elif r.on_truncated != "keep":
+            raw = raw.masked_fill(truncated & ~torch.isnan(raw), float(r.on_truncated))
         dropped = torch.isnan(raw)
         scores = torch.where(dropped, torch.zeros_like(raw), raw)  # a dropped sample's score is never read
         mask = mask * (~dropped).float().unsqueeze(-1)
@@ -276,9 +327,12 @@ class Trainer:
             "reward_std": float(valid.std()) if len(valid) > 1 else 0.0,
             "reward_min": float(valid.min()) if len(valid) else math.nan,
             "reward_max": float(valid.max()) if len(valid) else math.nan,
+            **function_means(result),
             "response_len": float(rollout.response_mask.float().sum(-1).mean()),
+            "truncated_fraction": float(truncated.float().mean()),
             "dropped": int(dropped.sum()),
             **{f"fail_{k}": v for k, v in result.failures.items()},
+            **function_failures(result),
             **stats,
             "lr": self.scheduler.get_last_lr()[0],
             "samples_per_s": len(prompts) / elapsed if elapsed else math.nan,
@@ -286,7 +340,8 @@ class Trainer:
             **timings,
         }
         n_show = min(cfg.log.samples_per_step, len(prompts))
-        shown = [{"prompt": prompts[i], "completion": completions[i], "reward": result.rewards[i]}
+        shown = [{"prompt": prompts[i], "completion": completions[i], "reward": result.rewards[i],
+                  "rewards": {k: v[i] for k, v in result.per_function.items()}}
                  for i in range(0, len(prompts), max(1, len(prompts) // max(n_show, 1)))][:n_show]
         return metrics, shown
 
@@ -386,7 +441,8 @@ class Trainer:
             raise ConfigError(f"config error: out: {self.run_dir} already holds a run; resume it or use a new "
                               f"directory (two runs in one directory would mix their metrics and checkpoints)")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.tracker = Tracker(self.run_dir, tensorboard=cfg.log.tensorboard)
+        self.tracker = Tracker(self.run_dir, tensorboard=cfg.log.tensorboard, report_to=cfg.log.report_to,
+                               project=cfg.log.project, run_name=cfg.log.run_name, config=config_to_dict(cfg))
         start = time.time()
         if self.data_note:
             self.say(self.data_note)
@@ -405,7 +461,7 @@ class Trainer:
                 if self.reference.lm is not None:
                     (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
                     atomic_torch_save(self.reference.lm.state_dict(), self.run_dir / "checkpoints" / "reference.pt")
-            before = self.evaluate()
+            before = self.evaluate(step=0)
             self.state["eval_before"] = before
             self.tracker.log(0, before, phase="eval")
             self.say("before RL: " + fmt_metrics(before))
@@ -417,13 +473,13 @@ class Trainer:
                     self.tracker.log_samples(step, shown)
                     self.step = step
                     if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.steps:
-                        ev = self.evaluate()
+                        ev = self.evaluate(step=step)
                         self.tracker.log(step, ev, phase="eval")
                         metrics = {**metrics, **{f"eval_{k}": v for k, v in ev.items()}}
                     if cfg.log.checkpoint_every and step % cfg.log.checkpoint_every == 0:
                         self.save(step)
                     bar.advance(metrics)
-            after = self.evaluate() if cfg.steps > 0 else self.state.get("eval_before", {})
+            after = self.evaluate(step=self.step) if cfg.steps > 0 else self.state.get("eval_before", {})
         finally:
             self.rewards.close()
         self.tracker.log(self.step, after, phase="eval")
@@ -445,9 +501,43 @@ class Trainer:
 # ---------------------------------------------------------------------- small helpers
 
 
+def task_label_of(name: str) -> str:
+    return name.rsplit("/", 1)[-1]
+
+
 def columns_of(records: list[dict]) -> dict[str, list]:
     keys = [k for k in records[0] if k != "prompt"] if records else []
     return {k: [r.get(k) for r in records] for k in keys}
+
+
+def id_lists(rollout: Rollout) -> tuple[list[list[int]], list[list[int]]]:
+    """``(prompt ids, completion ids)`` of each row as plain lists, padding removed (the stop token kept)."""
+    prompts = [[t for t, m in zip(row, mask) if m] for row, mask in
+               zip(rollout.prompt_ids.tolist(), rollout.prompt_mask.tolist())]
+    completions = [[t for t, m in zip(row, mask) if m] for row, mask in
+                   zip(rollout.response_ids.tolist(), rollout.response_mask.tolist())]
+    return prompts, completions
+
+
+def reward_completions(prompts: list, completions: list[str]) -> list:
+    """TRL's shapes: a completion of a conversational prompt is ``[{"role": "assistant", "content": text}]``."""
+    return [assistant_message(c) if is_conversation(p) else c for p, c in zip(prompts, completions)]
+
+
+def _mean(values) -> float:
+    valid = [v for v in values if v is not None]
+    return sum(valid) / len(valid) if valid else math.nan
+
+
+def function_means(result) -> dict[str, float]:
+    """Each reward function's mean (over the samples it did not drop) as ``rewards/<name>/mean`` (TRL's key)."""
+    return {f"rewards/{name}/mean": _mean(values) for name, values in result.per_function.items()}
+
+
+def function_failures(result) -> dict[str, int]:
+    """Failed evaluations of each function (all kinds together) as ``rewards/<name>/failed``."""
+    counts = getattr(result, "function_failures", None) or {}
+    return {f"rewards/{name}/failed": int(sum(kinds.values())) for name, kinds in counts.items()}
 
 
 def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
@@ -465,6 +555,7 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
         response_mask=torch.cat([pad_right(p.response_mask, 0) for p in parts]),
         logprobs=torch.cat([pad_right(p.logprobs, 0.0) for p in parts]),
         values=None if parts[0].values is None else torch.cat([pad_right(p.values, 0.0) for p in parts]),
+        truncated=None if parts[0].truncated is None else torch.cat([p.truncated for p in parts]),
     )
 
 
@@ -567,6 +658,10 @@ class progress_bar:
     def advance(self, metrics: dict) -> None:
         self.done += 1
         desc = f"reward {metrics.get('reward_mean', float('nan')):.3f}"
+        per_fn = [(k[len("rewards/"):-len("/mean")], v) for k, v in metrics.items()
+                  if k.startswith("rewards/") and k.endswith("/mean")]
+        if len(per_fn) > 1:
+            desc += " (" + ", ".join(f"{name} {v:.3f}" for name, v in per_fn) + ")"
         if "eval_accuracy" in metrics:
             desc += f"  acc {metrics['eval_accuracy']:.3f}"
         if self.progress is not None:

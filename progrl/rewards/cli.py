@@ -2,8 +2,12 @@
 
     progrl score --reward my_reward.py:score --data samples.jsonl [--backend process] [--json]
 
-Each line of the data file is a JSON object with string ``prompt`` and ``completion``;
-every other key is passed to the reward functions as a column (keyword argument). Prints
+Each line of the data file is a JSON object with ``prompt`` and ``completion``, each a string
+or, as in TRL's conversational datasets, a list of ``{"role", "content"}`` messages (a string
+completion of a conversational prompt is given to the functions as
+``[{"role": "assistant", "content": completion}]``, the shape TRL's trainers pass); every
+other key (``answer``, ``completion_ids``, ...) is passed to the reward functions as a column
+(keyword argument). Prints
 one line per record and a failure summary; with ``--json`` the only (so the last) line on
 stdout is ``{"rewards": [...], "failures": {...}}``. A bad data file or reward spec is one
 line on stderr and exit code 2.
@@ -23,6 +27,8 @@ import math
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
+
+from progrl.chat import assistant_message, is_conversation
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -81,9 +87,12 @@ def _records(path: str) -> Iterator[tuple[int, dict]]:
                 if not isinstance(rec, dict):
                     raise DataError(f"{path} line {lineno}: expected a JSON object, got {type(rec).__name__}")
                 for key in ("prompt", "completion"):
-                    if not isinstance(rec.get(key), str):
-                        what = "missing" if key not in rec else f"not a string ({type(rec[key]).__name__})"
+                    if not (isinstance(rec.get(key), str) or is_conversation(rec.get(key))):
+                        what = "missing" if key not in rec else \
+                            f"neither a string nor a list of {{role, content}} messages ({type(rec[key]).__name__})"
                         raise DataError(f"{path} line {lineno}: {key!r} is {what}")
+                if is_conversation(rec["prompt"]) and isinstance(rec["completion"], str):
+                    rec = {**rec, "completion": assistant_message(rec["completion"])}  # TRL's shape
                 yield lineno, rec
     except OSError as exc:
         raise DataError(f"cannot read data file {path}: {exc.strerror or exc}") from None

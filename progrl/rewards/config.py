@@ -40,7 +40,7 @@ class RewardFunctionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     fn: str = Field(min_length=1)  # "path/to/file.py:function" or "package.module:function"
-    weight: float = 1.0
+    weight: float = 1.0  # weight in the sum over functions
     name: str | None = None  # key in per-function results; default: the function's name
     kwargs: dict[str, Any] = {}  # extra keyword arguments passed on every call
     batched: bool | None = None  # None: detect from the signature (first parameter prompts/completions)
@@ -59,7 +59,7 @@ class RewardConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     functions: list[RewardFunctionConfig] = []  # empty: the task's own reward functions
-    backend: Literal["inline", "process", "ray"] = "process"
+    backend: Literal["inline", "process", "ray"] = "process"  # where reward functions run: inline (in the trainer), process (worker pool) or ray
     timeout: float = Field(10.0, gt=0)  # seconds per call of a reward function (hard for process/ray)
     load_timeout: float | None = Field(None, gt=0)  # seconds to import the functions in a worker; None: timeout
     workers: int = Field(2, ge=1)  # worker processes (process) or actors (ray)
@@ -75,14 +75,14 @@ class RewardConfig(BaseModel):
     # (same function, same kind; None results do not count); "never": do not stop
     max_failure_fraction: Union[float, Literal["never"]] = 1.0
 
-    on_timeout: FailureValue = 0.01
-    on_error: FailureValue = 0.01
-    on_crash: FailureValue = 0.01
-    on_nan: FailureValue = 0.0
-    on_inf: FailureValue = 0.0
-    on_none: FailureValue = "skip"
-    on_type: FailureValue = 0.0
-    on_length: FailureValue = 0.0
+    on_timeout: FailureValue = 0.01  # value of a call past the timeout, or "drop"
+    on_error: FailureValue = 0.01  # value when the function raised, or "drop"
+    on_crash: FailureValue = 0.01  # value when the worker died or ran out of memory, or "drop"
+    on_nan: FailureValue = 0.0  # value for a NaN result, or "drop"
+    on_inf: FailureValue = 0.0  # value for an infinite result, or "drop"
+    on_none: FailureValue = "skip"  # value for None ("this function does not apply"): "skip" (TRL's convention), a number, or "drop"
+    on_type: FailureValue = 0.0  # value for a non-number result, or "drop"
+    on_length: FailureValue = 0.0  # value when a batched function returned the wrong number of values, or "drop"
 
     @field_validator("functions", mode="before")
     @classmethod

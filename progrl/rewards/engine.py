@@ -58,6 +58,7 @@ class RewardResult:
     seconds: float = 0.0  # wall time of score()
     failed_samples: int = 0  # samples with at least one failure other than "none"
     reasons: dict[tuple[str, str], str] = field(default_factory=dict)  # (function, kind) -> its first message
+    function_failures: dict[str, dict[str, int]] = field(default_factory=dict)  # failures by function, then kind
 
     @property
     def n_failed(self) -> int:
@@ -235,9 +236,12 @@ class RewardEngine:
         values = []
         failed = [False] * n
         reasons: dict[tuple[str, str], str] = {}
+        by_function: dict[str, dict[str, int]] = {}
         for fi, name in enumerate(self.names):
             row = [o if o is not None else failure("error", "no result (internal error)") for o in outcomes[fi]]
             count_failures(row, counts)
+            by_function[name] = empty_counts()
+            count_failures(row, by_function[name])
             values.append([apply_policy(o, self.policy) for o in row])
             self._report(name, row, errors)
             for i, o in enumerate(row):
@@ -255,7 +259,7 @@ class RewardEngine:
         rewards = combine(values, self.weights)
         per_function = {name: [None if v == SKIP else v for v in row] for name, row in zip(self.names, values)}
         return RewardResult(rewards, counts, per_function, errors, hits, time.monotonic() - t0,
-                            failed_samples=sum(failed), reasons=reasons)
+                            failed_samples=sum(failed), reasons=reasons, function_failures=by_function)
 
     def check_failures(self, result: RewardResult) -> None:
         """Raise :class:`RewardFailureError` when ``result`` failed as a whole for one reason.

@@ -5,8 +5,8 @@ A reward function is named by a string, ``"path/to/file.py:function"`` or
 Python callable. It is either
 
 - *batched*, TRL's GRPO shape: ``fn(prompts, completions, **columns) -> list[float | None]``
-  (called with keyword arguments; the first parameter is named ``prompts`` or
-  ``completions``), or
+  (called with keyword arguments; the first parameter is named ``prompts``, ``completions``,
+  ``completion_ids`` or ``prompt_ids`` -- TRL's token-id rewards take ``completion_ids``), or
 - *per-sample*: ``fn(prompt, completion, **columns) -> float`` (the first two arguments
   positionally, one column value per keyword).
 
@@ -32,7 +32,7 @@ from typing import Any
 from progrl.rewards.failures import Outcome, classify_batch, classify_exception, classify_value
 from progrl.rewards.wire import FunctionInfo
 
-BATCHED_FIRST_PARAMS = ("prompts", "completions")
+BATCHED_FIRST_PARAMS = ("prompts", "completions", "completion_ids", "prompt_ids")
 
 
 class RewardSpecError(ValueError):
