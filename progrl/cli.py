@@ -31,7 +31,7 @@ def version() -> str:
 
 
 def _common_run_args(p: argparse.ArgumentParser, rl: bool = True) -> None:
-    p.add_argument("task", help="task name (see `progrl tasks`)")
+    p.add_argument("task", help="task name (see `progrl tasks`), path/to/file.py:Class or package.module:Class")
     p.add_argument("--config", help="TOML config file")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config value, e.g. --set algo.lr=1e-4 (repeatable)")
@@ -64,7 +64,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, help="number of held-out prompts (config: eval.n_prompts)")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object on the last line")
 
-    sub.add_parser("tasks", help="list the built-in tasks")
+    p = sub.add_parser("tasks", help="list the tasks (built-in and plug-ins) and their options")
+    p.add_argument("name", nargs="?", help="show only this task (a name or path/to/file.py:Class)")
 
     from progrl.rewards.cli import add_score_parser
 
@@ -74,19 +75,19 @@ def make_parser() -> argparse.ArgumentParser:
 
 def load_run_config(args) -> TrainConfig:
     """Task defaults < --config < --set < short flags."""
-    from progrl.tasks import task_class
+    from progrl.tasks import task_reference
 
-    cls = task_class(args.task)
+    task = task_reference(args.task)
     file_data = read_toml(args.config) if args.config else {}
-    if file_data.get("task", args.task) != args.task:
+    if task_reference(file_data.get("task", args.task)) != task:
         raise ConfigError(f"config error: task: the file says {file_data['task']!r} but the command says {args.task!r}")
-    flags = {"task": args.task, "steps": getattr(args, "steps", None), "seed": args.seed, "out": args.out}
+    flags = {"task": task, "steps": getattr(args, "steps", None), "seed": args.seed, "out": args.out}
     if args.model:
         flags["model"] = {"name": args.model}
-    return build_config(_defaults_of(cls, file_data, args.overrides), file_data, args.overrides, flags)
+    return build_config(_defaults_of(task, file_data, args.overrides), file_data, args.overrides, flags)
 
 
-def _defaults_of(cls, file_data: dict, overrides: list[str]) -> dict:
+def _defaults_of(task: str, file_data: dict, overrides: list[str]) -> dict:
     from progrl.config import apply_override
     from progrl.tasks import get_task
 
@@ -95,7 +96,7 @@ def _defaults_of(cls, file_data: dict, overrides: list[str]) -> dict:
     for o in overrides:
         if o.startswith("task_options."):
             probe = apply_override(probe, o)
-    return get_task(cls.name, probe["task_options"]).defaults()
+    return get_task(task, probe["task_options"]).defaults()
 
 
 def default_run_dir(task: str) -> Path:
@@ -113,7 +114,9 @@ def resume_config(args) -> tuple[Path, TrainConfig]:
         saved = validate_model(TrainConfig, data)
     except ConfigError as err:
         raise ConfigError(f"{err} (in {run_dir / 'config.toml'})") from None
-    if args.task != saved.task:
+    from progrl.tasks import task_reference
+
+    if task_reference(args.task) != saved.task:
         raise ConfigError(f"config error: task: {run_dir} is a {saved.task!r} run, not {args.task!r}; "
                           f"resume it with `progrl train {saved.task} --resume {run_dir}`")
     if args.out and Path(args.out).resolve() != run_dir.resolve():
@@ -183,8 +186,10 @@ def cmd_train(args, sft_only: bool = False) -> int:
                               "--overwrite replaces it; choose one")
         run_dir, cfg = resume_config(args)
     else:
+        from progrl.tasks import task_label
+
         cfg = load_run_config(args)
-        run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.task)
+        run_dir = Path(cfg.out) if cfg.out else default_run_dir(task_label(cfg.task))
         check_run_dir(run_dir, cfg.task, args.overwrite)
         cfg.out = str(run_dir)
     if sft_only:
@@ -222,33 +227,9 @@ def cmd_train(args, sft_only: bool = False) -> int:
 
 
 def cmd_eval(args) -> int:
-    from progrl.checkpoint import latest_checkpoint
-    from progrl.tasks import get_task
-    from progrl.trainer import Trainer
+    from progrl.api import evaluate
 
-    run_dir = Path(args.run_dir)
-    if not (run_dir / "config.toml").exists():
-        raise ConfigError(f"error: {run_dir} is not a run directory (no config.toml)")
-    cfg = validate_model(TrainConfig, read_toml(run_dir / "config.toml"))
-    if args.n:
-        cfg.eval.n_prompts = args.n
-    task = get_task(cfg.task, cfg.task_options)
-    final = run_dir / "final"
-    cfg.sft.examples = 0
-    if final.exists():
-        cfg.model.name = str(final)
-        cfg.model.lora = False if not (final / "adapter_config.json").exists() else cfg.model.lora
-        trainer = Trainer(cfg, task, run_dir)
-    else:
-        path = latest_checkpoint(run_dir)
-        if path is None:
-            raise ConfigError(f"error: {run_dir} has neither a final model nor a checkpoint")
-        trainer = Trainer(cfg, task, run_dir)
-        trainer.resume_from(path, optimizer=False)  # the weights are all evaluation needs
-    try:
-        metrics = trainer.evaluate()
-    finally:
-        trainer.rewards.close()
+    metrics = evaluate(args.run_dir, n=args.n)
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -257,15 +238,34 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def cmd_tasks(_args) -> int:
-    from progrl.tasks import TASKS, task_class
+def describe_options(options_cls) -> list[str]:
+    """One line per option of a task: name, type, default, description."""
+    from progrl.docgen import UNDOCUMENTED, rows
 
-    for name in TASKS:
+    lines = []
+    for name, tp, default, meaning in rows(options_cls):
+        default = "(required)" if default == "required" else f"= {default}"
+        lines.append(f"    {name}: {tp} {default}" + ("" if meaning == UNDOCUMENTED else f"  -- {meaning}"))
+    return lines
+
+
+def cmd_tasks(args) -> int:
+    from progrl.tasks import TASKS, plugin_tasks, task_class
+
+    plugins = plugin_tasks()
+    names = [args.name] if getattr(args, "name", None) else [*TASKS, *plugins]
+    for name in names:
+        origin = "plug-in " + plugins[name] if name in plugins else ("" if name in TASKS else name)
         try:
-            summary = task_class(name).summary
-        except ImportError as err:  # an optional dependency is missing
-            summary = f"(unavailable: {err})"
-        print(f"{name:18s} {summary}")
+            cls = task_class(name)
+            summary, options = cls.summary, describe_options(cls.Options)
+        except (ImportError, ConfigError) as err:  # an optional dependency is missing, a plug-in is broken
+            if not plugins.get(name) and name not in TASKS:
+                raise  # the one task asked for: its error is the answer
+            summary, options = f"(unavailable: {str(err).splitlines()[0]})", []
+        print(f"{name:18s} {summary}" + (f"  [{origin}]" if origin else ""))
+        for line in options:
+            print(line)
     return 0
 
 
@@ -277,6 +277,9 @@ def one_line(err: BaseException, limit: int = 500) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from progrl.rewards.engine import RewardFailureError
+    from progrl.rewards.jobs import RewardBackendError
+
     parser = make_parser()
     args = parser.parse_args(argv)
     try:
@@ -292,6 +295,11 @@ def main(argv: list[str] | None = None) -> int:
             from progrl.rewards.cli import run_score
 
             return run_score(args)
+    except (RewardFailureError, RewardBackendError) as err:  # a reward that cannot work: one line, no traceback
+        if os.environ.get("PROGRL_DEBUG"):
+            raise
+        print(one_line(err, limit=1200), file=sys.stderr)  # the failure message (<= 500) and its counts
+        return 2 if isinstance(err, RewardFailureError) else 1
     except (ConfigError, ValueError, FileNotFoundError, ImportError, StorageError) as err:
         if os.environ.get("PROGRL_DEBUG"):
             raise

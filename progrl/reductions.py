@@ -43,6 +43,7 @@ def gather_batch(dist: Dist, rollout: Rollout, scores: torch.Tensor, ref_logprob
         response_mask=dist.gather(rollout.response_mask, 0),
         logprobs=dist.gather(rollout.logprobs, 0.0),
         values=None if rollout.values is None else dist.gather(rollout.values, 0.0),
+        truncated=None if rollout.truncated is None else dist.gather(rollout.truncated.long()).bool(),
     )
     ref = None if ref_logprobs is None else dist.gather(ref_logprobs, 0.0)
     return whole, dist.gather(scores), ref

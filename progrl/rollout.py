@@ -29,6 +29,7 @@ function returns, so the update that follows never holds it in memory.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +50,9 @@ class SamplingParams:
     banned_ids: tuple[int, ...] = ()
     pad_id: int = 0
     greedy: bool = False
+    # stop strings: called with the response ids so far of the rows still generating, says which
+    # of them now end in a stop string (progrl.stopping.StopStrings.hits); None = no stop strings
+    stop_check: Callable[[Sequence[Sequence[int]]], list[bool]] | None = None
 
 
 @dataclass
@@ -61,6 +65,7 @@ class Rollout:
     response_mask: torch.Tensor  # (B, T) 1 for real tokens (the stop token included)
     logprobs: torch.Tensor  # (B, T) float32
     values: torch.Tensor | None  # (B, T) float32, only with a value head
+    truncated: torch.Tensor | None = None  # (B,) bool: no stop (token or string) before max_new_tokens
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -151,6 +156,13 @@ def sample(policy: Policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, 
         masks.append(alive.long())
         if len(stop):
             finished = finished | torch.isin(token, stop)
+        if params.stop_check is not None and t + 1 >= params.min_new_tokens:
+            rows = (~finished).nonzero().squeeze(-1).tolist()
+            if rows:
+                so_far = torch.stack(tokens, 1)[rows].tolist()
+                hit = [r for r, h in zip(rows, params.stop_check(so_far)) if h]
+                if hit:
+                    finished[hit] = True
         if bool(finished.all()):
             break
         attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
@@ -164,6 +176,7 @@ def sample(policy: Policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, 
         response_mask=torch.stack(masks, 1),
         logprobs=torch.stack(logps, 1),
         values=torch.stack(vals, 1) if vals else None,
+        truncated=~finished,
     )
 
 

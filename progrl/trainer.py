@@ -32,6 +32,7 @@ import torch
 
 from progrl import checkpoint as ckpt
 from progrl.advantages import compute_advantages, token_rewards
+from progrl.chat import assistant_message, is_conversation
 from progrl.config import ConfigError, TrainConfig, config_to_dict
 from progrl.distributed import Dist, resolve_device
 from progrl.kl import make_kl_controller
@@ -41,6 +42,7 @@ from progrl.policy import Policy, Reference
 from progrl.reductions import (UpdateStats, batch_distribution, gather_batch, minibatch_counts, minibatch_share)
 from progrl.rollout import Rollout, SamplingParams, forward_response, left_pad, sample, sampling_uniforms
 from progrl.sft import supervised_warm_start
+from progrl.stopping import StopStrings
 from progrl.storage import (StorageError, atomic_torch_save, atomic_write_text, describe, disk_full, remove_tree,
                             torch_save)
 from progrl.tasks.base import Task
@@ -58,13 +60,22 @@ def step_generator(seed: int, step: int, device: torch.device, salt: int = 0) ->
 
 
 def token_ids(tokenizer, tokens: list[str], field: str) -> tuple[int, ...]:
-    """Token strings from the config to ids; an unknown token is a config error naming the field."""
+    """Tokens from the config to ids: a vocabulary entry (``"Ċ"``) or a text that is one token (``"\\n"``).
+
+    Anything else is a config error naming the field (a text of several tokens is a stop string:
+    ``rollout.stop``)."""
     ids = []
     vocab = tokenizer.get_vocab()
     for t in tokens:
-        if t not in vocab:
-            raise ConfigError(f"config error: {field}: token {t!r} is not in the tokenizer's vocabulary")
-        ids.append(vocab[t])
+        if t in vocab:
+            ids.append(vocab[t])
+            continue
+        encoded = tokenizer(t, add_special_tokens=False)["input_ids"] if t else []
+        if len(encoded) != 1:
+            hint = " (use rollout.stop for stop strings)" if field == "rollout.stop_tokens" else ""
+            raise ConfigError(f"config error: {field}: {t!r} is not one token of the tokenizer's vocabulary "
+                              f"(it encodes to {len(encoded)} tokens){hint}")
+        ids.append(encoded[0])
     return tuple(ids)
 
 
@@ -145,7 +156,11 @@ def check_split(cfg: TrainConfig, processes: int) -> None:
 class Trainer:
     """Owns the model, optimiser, reward engine and run directory of one run."""
 
-    def __init__(self, cfg: TrainConfig, task: Task, run_dir: str | Path, console=None, dist: Dist | None = None):
+    def __init__(self, cfg: TrainConfig, task: Task, run_dir: str | Path, console=None, reward_functions=None,
+                 dist: Dist | None = None):
+        """``reward_functions``: ``(callable or spec, weight)`` pairs used instead of the task's own
+        when the config names none (the Python API passes callables this way). ``dist``: this
+        process's place among several (progrl.distributed; default: one process)."""
         self.cfg = cfg
         self.task = task
         self.run_dir = Path(run_dir)
@@ -157,6 +172,9 @@ class Trainer:
         check_split(cfg, self.dist.world_size)
 
         task.load_data()  # a bad data file is reported before the model is loaded
+        if not cfg.reward.functions and not (reward_functions or task.reward_functions()):
+            raise ConfigError('config error: reward.functions: task %r has no reward of its own; name yours, e.g. '
+                              '--set \'reward.functions=["rewards.py:correct"]\'' % task_label_of(cfg.task))
         lm, self.tokenizer = build_model(cfg, task)
         task.bind_tokenizer(self.tokenizer)
         self.data_note = task.data_summary()
@@ -182,11 +200,13 @@ class Trainer:
         r = cfg.rollout
         eos = self.tokenizer.eos_token_id
         stop = token_ids(self.tokenizer, r.stop_tokens, "rollout.stop_tokens")
+        self.stop_strings = StopStrings(self.tokenizer, r.stop, keep=r.stop_keep)
         self.sampling = SamplingParams(
             max_new_tokens=r.max_new_tokens, min_new_tokens=r.min_new_tokens, temperature=r.temperature,
             top_k=r.top_k, top_p=r.top_p, stop_ids=tuple(sorted({*stop, *([eos] if eos is not None else [])})),
             banned_ids=token_ids(self.tokenizer, r.banned_tokens, "rollout.banned_tokens"),
-            pad_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
+            pad_id=self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0,
+            stop_check=self.stop_strings.hits if self.stop_strings else None)
 
         a = cfg.algo
         if a.estimator in ("grpo", "dr_grpo", "rloo") and r.num_generations < 2:
@@ -204,8 +224,10 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.model.precision == "fp16")
 
         from progrl.rewards import RewardEngine
+        from progrl.trackers import check_available
 
-        self.rewards = RewardEngine(cfg.reward, default_functions=task.reward_functions())
+        check_available([n for n in cfg.log.report_to if n != "tensorboard"])
+        self.rewards = RewardEngine(cfg.reward, default_functions=reward_functions or task.reward_functions())
         self.tracker: Tracker | NullTracker | None = None
         self.step = 0
         self.saved_step: int | None = None  # the step whose checkpoint on disk holds the current state
@@ -216,15 +238,19 @@ class Trainer:
         if self.console is not None:
             self.console.print(text)
 
-    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = [self.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
-        return left_pad(ids, self.sampling.pad_id, self.device)
+    def encode_prompts(self, prompts: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids of the records' prompts (strings or conversations, as the task renders them), left-padded."""
+        return left_pad(self.task.encode_prompts(self.tokenizer, prompts), self.sampling.pad_id, self.device)
 
     def decode(self, rollout: Rollout) -> list[str]:
+        """The completions' text, cut at the first stop string (see progrl.stopping)."""
         ids = rollout.response_ids.masked_fill(rollout.response_mask == 0, self.sampling.pad_id)
-        return self.tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)
+        if self.stop_strings:
+            texts = [self.stop_strings.cut(t)[0] for t in texts]
+        return texts
 
-    def generate(self, prompts: list[str], uniforms: torch.Tensor | None, greedy: bool = False) -> Rollout:
+    def generate(self, prompts: list, uniforms: torch.Tensor | None, greedy: bool = False) -> Rollout:
         """Sample (or greedily decode) responses for ``prompts`` in chunks of generation_batch_size;
         ``uniforms`` (one row per prompt) are the draws (progrl.rollout)."""
         params = SamplingParams(**{**self.sampling.__dict__, "greedy": greedy})
@@ -252,29 +278,71 @@ class Trainer:
 
     def gather_completions(self, rollout: Rollout) -> list[str]:
         """The completions of every process's share (:meth:`Dist.split`), decoded, in order."""
-        ids = rollout.response_ids.masked_fill(rollout.response_mask == 0, self.sampling.pad_id)
-        ids = self.dist.gather_rows(ids, self.sampling.pad_id)
-        return self.tokenizer.batch_decode(ids.tolist(), skip_special_tokens=True)
+        ids = self.dist.gather_rows(rollout.response_ids, self.sampling.pad_id)
+        mask = self.dist.gather_rows(rollout.response_mask, 0)
+        return self.decode(Rollout(prompt_ids=ids[:, :0], prompt_mask=mask[:, :0], response_ids=ids,
+                                   response_mask=mask, logprobs=mask.float(), values=None))
+
+    def gather_values(self, values: list) -> list:
+        """Every process's per-sample values (None: no value), in order; the values themselves with
+        one process."""
+        if not self.dist.enabled:
+            return values
+        raw = torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float64,
+                           device=self.device)
+        return [None if x != x else x for x in self.dist.gather_rows(raw, math.nan).tolist()]
+
+    def failures_per_function(self, result) -> dict[str, int]:
+        """Failed evaluations of each reward function, summed over the processes."""
+        counts = function_failures(result)
+        if not self.dist.enabled or not counts:
+            return counts
+        return dict(zip(counts, (int(v) for v in self.dist.sum(torch.tensor(list(counts.values()),
+                                                                            device=self.device)).tolist())))
 
     # ------------------------------------------------------------------ evaluation
+    def score(self, prompts: list, completions: list[str], records: list[dict], ids: tuple[list, list]):
+        """The reward engine on one batch: conversations get TRL's completion shape; ``ids`` are the
+        (prompt ids, completion ids) lists, for functions that ask for them."""
+        columns = columns_of(records)
+        columns["prompt_ids"], columns["completion_ids"] = ids  # what TRL passes: the token ids, no padding
+        result = self.rewards.score(prompts, reward_completions(prompts, completions), columns)
+        self.rewards.check_failures(result)  # RewardFailureError: every sample failed for one reason
+        return result
+
     @torch.no_grad()
-    def evaluate(self) -> dict:
-        """Greedy decoding on the held-out prompts: mean reward plus the task's metrics."""
+    def evaluate(self, step: int | None = None) -> dict:
+        """Greedy decoding on the held-out prompts: mean reward (overall and per function) plus the
+        task's metrics. With ``step``, the generations and their rewards go to eval_samples.jsonl."""
         e = self.cfg.eval
         records = self.task.eval_records(e.n_prompts, e.seed)
         mine = records[self.dist.split(len(records))]  # this process's share of the held-out prompts
         prompts = [r["prompt"] for r in mine]
-        parts = [self.generate(prompts[i:i + e.batch_size], None, greedy=True)
-                 for i in range(0, len(prompts), e.batch_size)]
-        completions = [c for part in parts for c in self.decode(part)]
-        rewards = self.rewards.score(prompts, completions, columns_of(mine)).rewards
+        parts: list[Rollout] = []
+        completions: list[str] = []
+        for i in range(0, len(prompts), e.batch_size):
+            parts.append(self.generate(prompts[i:i + e.batch_size], None, greedy=True))
+            completions += self.decode(parts[-1])
+        rollout = concat_rollouts(parts, self.sampling.pad_id)
+        truncated = truncated_of(rollout).tolist()
+        result = self.score(prompts, completions, mine, id_lists(rollout))
+        rewards, per_function = result.rewards, result.per_function
         if self.dist.enabled:  # every process's share, on every process
-            completions = self.gather_completions(concat_rollouts(parts, self.sampling.pad_id))
-            raw = torch.tensor([math.nan if x is None else float(x) for x in rewards], dtype=torch.float64)
-            rewards = [None if x != x else x for x in self.dist.gather_rows(raw.to(self.device), math.nan).tolist()]
+            prompts = [r["prompt"] for r in records]
+            completions = self.gather_completions(rollout)
+            rewards = self.gather_values(rewards)
+            per_function = {k: self.gather_values(v) for k, v in per_function.items()}
+            truncated = self.dist.gather_rows(truncated_of(rollout).long()).bool().tolist()
         valid = [x for x in rewards if x is not None]
         metrics = {"mean_reward": sum(valid) / max(len(valid), 1)}
+        metrics.update(means_per_function(per_function))
+        metrics["truncated_fraction"] = sum(truncated) / max(len(truncated), 1)
         metrics.update(self.task.metrics(records, completions, rewards))
+        if step is not None and self.tracker is not None:
+            self.tracker.log_eval_samples(step, [
+                {"prompt": p, "completion": c, "reward": rewards[i],
+                 "rewards": {k: v[i] for k, v in per_function.items()}, "truncated": truncated[i]}
+                for i, (p, c) in enumerate(zip(prompts, completions))])
         return metrics
 
     # ------------------------------------------------------------------ warm start
@@ -312,8 +380,13 @@ class Trainer:
 
         # 2. rewards: programmed scores, where the samples are; dropped samples (NaN) leave the update
         t0 = time.time()
-        result = self.rewards.score(prompts, completions, columns_of(records))
+        result = self.score(prompts, completions, records, id_lists(rollout))
         raw = torch.tensor([math.nan if x is None else float(x) for x in result.rewards], device=self.device)
+        truncated = truncated_of(rollout)
+        if r.on_truncated == "mask":  # DAPO's overlong filtering: no reward, out of the loss
+            raw = raw.masked_fill(truncated, math.nan)
+        elif r.on_truncated != "keep":
+            raw = raw.masked_fill(truncated & ~torch.isnan(raw), float(r.on_truncated))
         timings["time_reward"] = time.time() - t0
 
         # 3. the reference's log-probs of these samples (only when a reference exists)
@@ -355,27 +428,31 @@ class Trainer:
         elapsed = sum(timings.values())
         failures = dict(zip(result.failures, dist.sum(torch.tensor(list(result.failures.values()),
                                                                    device=self.device)).tolist()))
+        per_function = {k: self.gather_values(v) for k, v in result.per_function.items()}
         metrics = {
             "reward_mean": float(valid.mean()) if len(valid) else math.nan,
             "reward_std": float(valid.std()) if len(valid) > 1 else 0.0,
             "reward_min": float(valid.min()) if len(valid) else math.nan,
             "reward_max": float(valid.max()) if len(valid) else math.nan,
+            **means_per_function(per_function),
             "response_len": float(rollout.response_mask.float().sum(-1).mean()),
+            "truncated_fraction": float(truncated_of(rollout).float().mean()),
             "dropped": int(dropped.sum()),
             **{f"fail_{k}": int(v) for k, v in failures.items()},
+            **self.failures_per_function(result),
             **stats,
             "lr": self.scheduler.get_last_lr()[0],
             "samples_per_s": n_samples / elapsed if elapsed else math.nan,
             "tokens_per_s": n_tokens / elapsed if elapsed else math.nan,
             **timings,
         }
-        step_rewards = result.rewards
+        step_rewards = self.gather_values(result.rewards)
         if dist.enabled:  # what is shown comes from the whole batch
             completions = self.decode(rollout) if dist.is_main else []
             prompts = [rec["prompt"] for rec in everyone for _ in range(G)]
-            step_rewards = [None if x != x else x for x in raw.tolist()]
         n_show = min(cfg.log.samples_per_step, n_samples) if dist.is_main else 0
-        shown = [{"prompt": prompts[i], "completion": completions[i], "reward": step_rewards[i]}
+        shown = [{"prompt": prompts[i], "completion": completions[i], "reward": step_rewards[i],
+                  "rewards": {k: v[i] for k, v in per_function.items()}}
                  for i in range(0, n_samples, max(1, n_samples // max(n_show, 1)))][:n_show] if n_show else []
         return metrics, shown
 
@@ -552,7 +629,9 @@ class Trainer:
         dist.barrier()  # every process has looked at the directory before the main one writes to it
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.tracker = Tracker(self.run_dir, tensorboard=cfg.log.tensorboard) if main else NullTracker()
+        self.tracker = Tracker(self.run_dir, tensorboard=cfg.log.tensorboard, report_to=cfg.log.report_to,
+                               project=cfg.log.project, run_name=cfg.log.run_name,
+                               config=config_to_dict(cfg)) if main else NullTracker()
         start = time.time()
         if self.data_note:
             self.say(self.data_note)
@@ -581,7 +660,7 @@ class Trainer:
                     (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
                     atomic_torch_save(self.reference.lm.state_dict(), self.run_dir / "checkpoints" / "reference.pt")
             self.prepare()
-            before = self.evaluate()
+            before = self.evaluate(step=0)
             self.state["eval_before"] = before
             self.tracker.log(0, before, phase="eval")
             self.say("before RL: " + fmt_metrics(before))
@@ -593,13 +672,13 @@ class Trainer:
                     self.tracker.log_samples(step, shown)
                     self.step = step
                     if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.steps:
-                        ev = self.evaluate()
+                        ev = self.evaluate(step=step)
                         self.tracker.log(step, ev, phase="eval")
                         metrics = {**metrics, **{f"eval_{k}": v for k, v in ev.items()}}
                     if cfg.log.checkpoint_every and step % cfg.log.checkpoint_every == 0:
                         self.save(step)
                     bar.advance(metrics)
-            after = self.evaluate() if cfg.steps > 0 else self.state.get("eval_before", {})
+            after = self.evaluate(step=self.step) if cfg.steps > 0 else self.state.get("eval_before", {})
         finally:
             self.rewards.close()
         self.tracker.log(self.step, after, phase="eval")
@@ -647,26 +726,79 @@ def check_layout(state: dict, layout: dict, path: Path) -> None:
 # ---------------------------------------------------------------------- small helpers
 
 
+def task_label_of(name: str) -> str:
+    return name.rsplit("/", 1)[-1]
+
+
 def columns_of(records: list[dict]) -> dict[str, list]:
     keys = [k for k in records[0] if k != "prompt"] if records else []
     return {k: [r.get(k) for r in records] for k in keys}
 
 
+def id_lists(rollout: Rollout) -> tuple[list[list[int]], list[list[int]]]:
+    """``(prompt ids, completion ids)`` of each row as plain lists, padding removed (the stop token kept)."""
+    prompts = [[t for t, m in zip(row, mask) if m] for row, mask in
+               zip(rollout.prompt_ids.tolist(), rollout.prompt_mask.tolist())]
+    completions = [[t for t, m in zip(row, mask) if m] for row, mask in
+                   zip(rollout.response_ids.tolist(), rollout.response_mask.tolist())]
+    return prompts, completions
+
+
+def reward_completions(prompts: list, completions: list[str]) -> list:
+    """TRL's shapes: a completion of a conversational prompt is ``[{"role": "assistant", "content": text}]``."""
+    return [assistant_message(c) if is_conversation(p) else c for p, c in zip(prompts, completions)]
+
+
+def _mean(values) -> float:
+    valid = [v for v in values if v is not None]
+    return sum(valid) / len(valid) if valid else math.nan
+
+
+def function_means(result) -> dict[str, float]:
+    """Each reward function's mean (over the samples it did not drop) as ``rewards/<name>/mean`` (TRL's key)."""
+    return means_per_function(result.per_function)
+
+
+def means_per_function(per_function: dict[str, list]) -> dict[str, float]:
+    """:func:`function_means` of ``{name: values}`` (e.g. gathered from every process)."""
+    return {f"rewards/{name}/mean": _mean(values) for name, values in per_function.items()}
+
+
+def truncated_of(rollout: Rollout) -> torch.Tensor:
+    """``(B,)`` bool: responses that hit ``max_new_tokens`` without a stop (none when unknown)."""
+    if rollout.truncated is not None:
+        return rollout.truncated
+    return torch.zeros(rollout.response_ids.shape[0], dtype=torch.bool, device=rollout.response_ids.device)
+
+
+def function_failures(result) -> dict[str, int]:
+    """Failed evaluations of each function (all kinds together) as ``rewards/<name>/failed``."""
+    counts = getattr(result, "function_failures", None) or {}
+    return {f"rewards/{name}/failed": int(sum(kinds.values())) for name, kinds in counts.items()}
+
+
 def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
+    """One rollout of several (chunks, or batches encoded apart): prompts left-padded and responses
+    right-padded to the widest."""
     if len(parts) == 1:
         return parts[0]
+    P = max(p.prompt_ids.shape[1] for p in parts)
     T = max(p.response_ids.shape[1] for p in parts)
+
+    def pad_left(x, value):
+        return torch.nn.functional.pad(x, (P - x.shape[1], 0), value=value)
 
     def pad_right(x, value):
         return torch.nn.functional.pad(x, (0, T - x.shape[1]), value=value)
 
     return Rollout(
-        prompt_ids=torch.cat([p.prompt_ids for p in parts]),
-        prompt_mask=torch.cat([p.prompt_mask for p in parts]),
+        prompt_ids=torch.cat([pad_left(p.prompt_ids, pad_id) for p in parts]),
+        prompt_mask=torch.cat([pad_left(p.prompt_mask, 0) for p in parts]),
         response_ids=torch.cat([pad_right(p.response_ids, pad_id) for p in parts]),
         response_mask=torch.cat([pad_right(p.response_mask, 0) for p in parts]),
         logprobs=torch.cat([pad_right(p.logprobs, 0.0) for p in parts]),
         values=None if parts[0].values is None else torch.cat([pad_right(p.values, 0.0) for p in parts]),
+        truncated=None if parts[0].truncated is None else torch.cat([p.truncated for p in parts]),
     )
 
 
@@ -769,6 +901,10 @@ class progress_bar:
     def advance(self, metrics: dict) -> None:
         self.done += 1
         desc = f"reward {metrics.get('reward_mean', float('nan')):.3f}"
+        per_fn = [(k[len("rewards/"):-len("/mean")], v) for k, v in metrics.items()
+                  if k.startswith("rewards/") and k.endswith("/mean")]
+        if len(per_fn) > 1:
+            desc += " (" + ", ".join(f"{name} {v:.3f}" for name, v in per_fn) + ")"
         if "eval_accuracy" in metrics:
             desc += f"  acc {metrics['eval_accuracy']:.3f}"
         if self.progress is not None:

@@ -336,6 +336,10 @@ def test_resume_conflicts_is_a_pure_comparison():
                                         "algo": {"lr": 0.5}, "task_options": {"x": 1}})
     assert resume_conflicts(saved, asked) == [("algo.lr", 1.41e-5, 0.5), ("task_options.x", None, 1)]
     assert resume_conflicts(saved, saved) == []
+    # a run stopped by a failing reward can be resumed with the rule relaxed; the reward itself cannot change
+    relaxed = TrainConfig.model_validate({"steps": 10, "reward": {"max_failure_fraction": "never",
+                                                                  "load_timeout": 60, "timeout": 3}})
+    assert [k for k, _, _ in resume_conflicts(saved, relaxed)] == ["reward.timeout"]
 
 
 # ----------------------------------------------------------------------------- item 9

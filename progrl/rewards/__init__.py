@@ -20,6 +20,7 @@ _EXPORTS = {
     "RewardFunctionConfig": "progrl.rewards.config",
     "RewardEngine": "progrl.rewards.engine",
     "RewardResult": "progrl.rewards.engine",
+    "RewardFailureError": "progrl.rewards.engine",
     "RewardSpecError": "progrl.rewards.spec",
     "RewardBackendError": "progrl.rewards.jobs",
 }
@@ -30,6 +31,7 @@ __all__ = [
     "RewardBackendError",
     "RewardConfig",
     "RewardEngine",
+    "RewardFailureError",
     "RewardFunctionConfig",
     "RewardResult",
     "RewardSpecError",
@@ -37,7 +39,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover
     from progrl.rewards.config import RewardConfig, RewardFunctionConfig
-    from progrl.rewards.engine import RewardEngine, RewardResult
+    from progrl.rewards.engine import RewardEngine, RewardFailureError, RewardResult
     from progrl.rewards.failures import FAILURE_KINDS, Outcome
     from progrl.rewards.jobs import RewardBackendError
     from progrl.rewards.spec import RewardSpecError

@@ -24,7 +24,7 @@ class ArithmeticOptions(BaseModel):
 
     ops: str = Field("+*", pattern=r"^[+*]{1,2}$")  # operators to draw from
     max_chars: int = Field(10, ge=3, le=40)  # expressions are truncated to this length
-    max_operand: int = Field(10, ge=1, le=99)
+    max_operand: int = Field(10, ge=1, le=99)  # operands are drawn from 0..max_operand
     max_value: int = Field(100, ge=2, le=100)  # value (and every chain step) below this
     # Reward shaping for TRAINING only; held-out evaluation always uses the paper's reward.
     reward_scale: float = Field(10.0, gt=0.0)  # reward = 2 / (1 + exp(error / scale)); paper: 10

@@ -11,7 +11,7 @@ from typing import Any, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-Record = dict[str, Any]  # {"prompt": str, **columns passed to the reward function}
+Record = dict[str, Any]  # {"prompt": str or list of chat messages, **columns passed to the reward function}
 
 
 class NoOptions(BaseModel):
@@ -44,6 +44,15 @@ class Task:
         Tasks whose prompts depend on the tokenizer (e.g. "the first k tokens of a review") keep
         it here; the default does nothing."""
         return None
+
+    # --- model input ---------------------------------------------------------------
+    def render_prompt(self, prompt: Any) -> str:
+        """The text the model is given for a record's prompt (default: the prompt itself)."""
+        return prompt
+
+    def encode_prompts(self, tokenizer, prompts: list) -> list[list[int]]:
+        """Token ids of each prompt (default: the tokenizer on :meth:`render_prompt`, special tokens added)."""
+        return [tokenizer(self.render_prompt(p), add_special_tokens=True)["input_ids"] for p in prompts]
 
     # --- data ----------------------------------------------------------------------
     def load_data(self) -> None:

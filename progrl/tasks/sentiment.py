@@ -36,8 +36,8 @@ class SentimentOptions(BaseModel):
 
     prompts: str = "builtin"  # builtin | path to .csv/.jsonl/.txt | imdb
     text_column: str | None = None  # CSV column / JSONL key of the texts (None: review, text or prompt)
-    min_prompt_tokens: int = Field(2, ge=1)
-    max_prompt_tokens: int = Field(8, ge=1)
+    min_prompt_tokens: int = Field(2, ge=1)  # shortest prompt (tokens of the model's tokenizer)
+    max_prompt_tokens: int = Field(8, ge=1)  # longest prompt (tokens of the model's tokenizer)
     response_only: bool = False  # score the response alone instead of prompt + response
 
     @field_validator("max_prompt_tokens")
