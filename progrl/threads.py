@@ -1,11 +1,17 @@
-"""How many CPU threads torch uses in each process.
+"""How many CPU threads torch uses in each process, and how they wait.
 
 ``threads`` in the config sets torch's intra-op thread count; unset, progrl chooses
 :func:`default_threads`: the cores this process may run on, divided between the training
-processes of its machine (``LOCAL_WORLD_SIZE`` under ``torchrun`` / ``accelerate launch``).
-A process never asks for more threads than it has cores: on a machine shared with other
-jobs, threads that outnumber the free cores wait for each other at every parallel region
-(docs/scaling.md, "CPU threads", has the measurements behind this choice).
+processes of its machine (``LOCAL_WORLD_SIZE`` under ``torchrun`` / ``accelerate launch``),
+so N processes on a machine never ask for more threads than it has cores.
+
+How idle threads wait matters more than how many there are when the machine is shared:
+OpenMP's threads spin while they wait for the next parallel region, taking the cores that
+other jobs, and the job's own other threads, need. ``import progrl`` therefore sets
+``OMP_WAIT_POLICY=PASSIVE`` (unless already set) before torch is imported: on a shared 2-core
+machine that took 2 threads from 27 to 113 samples/s alone and from 6 to 77 with a second
+job, above 1 thread (105 and 54). docs/scaling.md, "CPU threads", has the measurements; a
+dedicated machine may prefer ``OMP_WAIT_POLICY=ACTIVE`` (spinning wakes up sooner).
 """
 
 from __future__ import annotations
