@@ -6,9 +6,10 @@
 Job A is the arithmetic task's RL loop (its default model and batch: GPT-2 2 x 128, 128
 samples per step, 4 epochs of minibatches of 64), started by the CLI in a subprocess; its
 rate is samples per step / the median step time (``metrics.jsonl``), so start-up does not
-count. Settings of A: 1 thread; 2 threads that spin while waiting (``OMP_WAIT_POLICY=ACTIVE``,
-what torch does without progrl's default); progrl's default (``threads`` unset: cores /
-processes, and ``OMP_WAIT_POLICY=PASSIVE``: waiting threads sleep). Conditions: "alone" (only
+count. Settings of A: 1 thread; 2 threads waiting as OpenMP does by default (spin for a
+while, then sleep: what torch does when it is imported before progrl); 2 threads that always
+spin (``OMP_WAIT_POLICY=ACTIVE``); progrl's default (``threads`` unset: cores / processes, and
+``OMP_WAIT_POLICY=PASSIVE``: waiting threads sleep at once). Conditions: "alone" (only
 whatever else runs on the machine) and "with a second job": the same training, progrl's
 defaults, (B) started just before A and stopped when A ends. Settings and conditions
 alternate, repeated ``--repeats`` times; the best repeat counts.
@@ -32,19 +33,25 @@ import benchdoc  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "CPU threads under sharing"
+# name: (environment, config overrides, torch imported before progrl: OpenMP's own default waiting)
 SETTINGS = {
-    "threads = 1": ({"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "ACTIVE"}, ["threads=1"]),
-    "threads = 2, spinning waits (OMP_WAIT_POLICY=ACTIVE: torch's default)":
-        ({"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "ACTIVE"}, ["threads=2"]),
-    "progrl's default: threads = cores / processes (2), OMP_WAIT_POLICY=PASSIVE": ({}, []),
+    "threads = 1": ({"OMP_NUM_THREADS": "1"}, ["threads=1"], True),
+    "threads = 2, OpenMP's default waiting (spin a while, then sleep: torch without progrl's setting)":
+        ({"OMP_NUM_THREADS": "2"}, ["threads=2"], True),
+    "threads = 2, OMP_WAIT_POLICY=ACTIVE (always spin)": ({"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "ACTIVE"},
+                                                          ["threads=2"], False),
+    "progrl's default: threads = cores / processes (2), OMP_WAIT_POLICY=PASSIVE": ({}, [], False),
 }
+# `python -m progrl` with torch (and so OpenMP) loaded before progrl sets its default
+TORCH_FIRST = "import runpy, sys, torch; sys.argv[0] = 'progrl'; runpy.run_module('progrl', run_name='__main__')"
 JOB = ["sft.examples=16", "sft.epochs=1", "eval.n_prompts=64", "log.progress=false", "log.tensorboard=false",
        "log.plot=false", "log.checkpoint_every=0"]
 
 
-def command(out: Path, steps: int, overrides: list[str]) -> list[str]:
+def command(out: Path, steps: int, overrides: list[str], torch_first: bool = False) -> list[str]:
     sets = [a for o in [*JOB, *overrides] for a in ("--set", o)]
-    return [sys.executable, "-m", "progrl", "train", "arithmetic", "--steps", str(steps), "--out", str(out), *sets]
+    start = [sys.executable, "-c", TORCH_FIRST] if torch_first else [sys.executable, "-m", "progrl"]
+    return [*start, "train", "arithmetic", "--steps", str(steps), "--out", str(out), *sets]
 
 
 def base_env(extra: dict) -> dict:
@@ -60,7 +67,7 @@ def rate(run_dir: Path) -> float:
 
 
 def run_a(setting: str, steps: int, with_b: bool, work: Path) -> tuple[float, float]:
-    env_a, sets_a = SETTINGS[setting]
+    env_a, sets_a, torch_first = SETTINGS[setting]
     b = None
     if with_b:
         b = subprocess.Popen(command(work / "b", 100000, []), env=base_env({}),
@@ -68,7 +75,7 @@ def run_a(setting: str, steps: int, with_b: bool, work: Path) -> tuple[float, fl
         time.sleep(15)  # B past its start-up, training
     load = os.getloadavg()[0]
     try:
-        subprocess.run(command(work / "a", steps, sets_a), env=base_env(env_a), check=True,
+        subprocess.run(command(work / "a", steps, sets_a, torch_first), env=base_env(env_a), check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     finally:
         if b is not None:
@@ -102,7 +109,7 @@ def markdown(results: dict, args) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--steps", type=int, default=8)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--markdown")
     args = p.parse_args(argv)

@@ -169,6 +169,7 @@ class Dist:
             return module.to(self.device)
         from torch.distributed.fsdp import fully_shard
 
+        module.to(self.device)
         for block in _blocks(module):
             fully_shard(block, reshard_after_forward=True)
         fully_shard(module, reshard_after_forward=True)

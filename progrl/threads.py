@@ -1,9 +1,11 @@
 """How many CPU threads torch uses in each process, and how they wait.
 
-``threads`` in the config sets torch's intra-op thread count; unset, progrl chooses
-:func:`default_threads`: the cores this process may run on, divided between the training
-processes of its machine (``LOCAL_WORLD_SIZE`` under ``torchrun`` / ``accelerate launch``),
-so N processes on a machine never ask for more threads than it has cores.
+``threads`` in the config sets torch's intra-op thread count; unset, progrl keeps an
+``OMP_NUM_THREADS`` the user set, and otherwise chooses :func:`default_threads`: the cores
+this process may run on, divided between the training processes of its machine
+(``LOCAL_WORLD_SIZE`` under ``torchrun`` / ``accelerate launch``, which set
+``OMP_NUM_THREADS=1`` themselves), so N processes on a machine never ask for more threads
+than it has cores.
 
 How idle threads wait matters more than how many there are when the machine is shared:
 OpenMP's threads spin while they wait for the next parallel region, taking the cores that
@@ -33,10 +35,17 @@ def default_threads(local_processes: int = 1) -> int:
 
 
 def apply_threads(threads: int | None, local_processes: int = 1) -> int:
-    """Set torch's thread count (``threads``, else :func:`default_threads`); returns it."""
+    """Set torch's thread count; returns it. ``threads`` when given; else ``OMP_NUM_THREADS`` when
+    the user set it (no launcher: ``WORLD_SIZE`` unset), else :func:`default_threads` (launchers
+    set ``OMP_NUM_THREADS=1`` for every process whatever the machine; progrl divides the cores)."""
     import torch
 
-    n = threads if threads else default_threads(local_processes)
+    if threads:
+        n = threads
+    elif os.environ.get("OMP_NUM_THREADS", "").isdigit() and "WORLD_SIZE" not in os.environ:
+        n = max(1, int(os.environ["OMP_NUM_THREADS"]))
+    else:
+        n = default_threads(local_processes)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n

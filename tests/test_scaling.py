@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -244,6 +245,19 @@ def test_default_threads_divide_the_cores_between_local_processes(monkeypatch):
 
     monkeypatch.setattr(threads, "usable_cores", lambda: 8)
     assert threads.default_threads(1) == 8 and threads.default_threads(2) == 4 and threads.default_threads(16) == 1
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+        assert threads.apply_threads(None) == 1  # the user's OMP_NUM_THREADS, one process
+        monkeypatch.setenv("WORLD_SIZE", "2")  # a launcher's OMP_NUM_THREADS=1: progrl divides the cores
+        assert threads.apply_threads(None, local_processes=2) == 4
+        assert threads.apply_threads(3, local_processes=2) == 3  # `threads` always wins
+    finally:
+        torch.set_num_threads(before)
+    import progrl  # noqa: F401
+
+    assert os.environ.get("OMP_WAIT_POLICY")  # progrl's PASSIVE unless the environment chose
 
 
 @pytest.mark.parametrize("name,kind", [("ddp", "MULTI_GPU"), ("fsdp", "FSDP"), ("deepspeed-zero2", "DEEPSPEED"),
