@@ -58,14 +58,21 @@ def test_ray_batched_fault(ray_batched_engine, fault):
 
 def test_ray_actors_do_not_outlive_the_engine(ray_instance):
     eng = RewardEngine(ray_config(), [f"{FAULTS}:faulty"])
+
+    def both_actors_idle() -> set[int]:
+        # worker_pids() lists idle actors only; one fast actor can score a whole small batch
+        # while the other is still starting, so wait until both are up.
+        deadline = time.monotonic() + 30
+        while len(eng.backend.worker_pids()) < 2:
+            eng.score(["p"], ["a"], {"fault": ["ok"]})
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        return set(eng.backend.worker_pids())
+
     eng.score(["p", "p"], ["a", "b"], {"fault": ["ok", "ok"]})
-    pids = set(eng.backend.worker_pids())
+    pids = both_actors_idle()
     eng.score(["p", "p"], ["a", "b"], {"fault": ["ok", "sleep"]})  # one actor killed and replaced
-    deadline = time.monotonic() + 5
-    while len(eng.backend.worker_pids()) < 2:  # wait for the replacement to be up
-        eng.score(["p"], ["a"], {"fault": ["ok"]})
-        assert time.monotonic() < deadline
-    pids |= set(eng.backend.worker_pids())
+    pids |= both_actors_idle()
     assert len(pids) == 3
     eng.close()
     deadline = time.monotonic() + 10
