@@ -9,9 +9,17 @@ lazily, so ``import progrl`` stays cheap.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any
 
 __version__ = "0.1.0"
+
+# OpenMP threads that wait for work sleep instead of spinning, unless the user chose otherwise.
+# Spinning threads take the cores other jobs (and this job's own other threads) need: on a shared
+# 2-core machine the arithmetic job ran 4x slower with 2 spinning threads than with 1, and 2
+# sleeping threads beat 1 (docs/scaling.md, "CPU threads"). OpenMP reads this when torch is first
+# imported, so it is set here, before progrl imports torch; processes progrl starts inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _EXPORTS = {
     "train": "progrl.api",

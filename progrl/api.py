@@ -229,10 +229,14 @@ def train(config: str | Path | dict | TrainConfig | None = None, *, task: str | 
         task = get_task(cfg.task, cfg.task_options)
     elif not isinstance(task, Task):
         raise ConfigError(f"config error: task: expected a task name or a progrl Task, got {type(task).__name__}")
+    from progrl.distributed import setup
+
     run_dir = Path(cfg.out)
+    dist = setup(cfg.device)  # several processes when a launcher (torchrun, accelerate launch) started this script
     trainer = Trainer(cfg, task, run_dir, console=Console(stderr=True) if verbose else None,
-                      reward_functions=callables or None)
+                      reward_functions=callables or None, dist=dist)
     summary = trainer.train(resume=resume)
+    dist.close()
     return Run(run_dir, cfg, summary)
 
 
@@ -277,7 +281,7 @@ def evaluate(run_dir: str | Path, *, task: Any = None, rewards: list[RewardLike]
         if path is None:
             raise ConfigError(f"error: {run_dir} has neither a final model nor a checkpoint")
         trainer = Trainer(cfg, task, run_dir, reward_functions=callables or None)
-        trainer.resume_from(path)
+        trainer.resume_from(path, optimizer=False)  # the weights are all evaluation needs
     try:
         return trainer.evaluate()
     finally:

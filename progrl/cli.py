@@ -53,7 +53,8 @@ def make_parser() -> argparse.ArgumentParser:
     _common_run_args(p)
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its latest checkpoint (only steps, log.*, eval.every, "
-                        "eval.batch_size, threads, device and reward workers/output may change)")
+                        "eval.batch_size, threads, device, reward workers/output/ray_address, "
+                        "model.gradient_checkpointing and rollout.generation_batch_size may change)")
 
     p = sub.add_parser("sft", help="only the supervised warm start; saves the model to RUN_DIR/final")
     _common_run_args(p, rl=False)
@@ -193,11 +194,17 @@ def cmd_train(args, sft_only: bool = False) -> int:
         cfg.out = str(run_dir)
     if sft_only:
         cfg.steps = 0
+    from progrl.distributed import setup
+
+    dist = setup(cfg.device)  # several processes under torchrun / accelerate launch (docs/scaling.md)
     task = get_task(cfg.task, cfg.task_options)
-    trainer = Trainer(cfg, task, run_dir, console=console)
-    console.print(f"progrl {cfg.task}: run directory {run_dir}")
-    if not resume and args.overwrite:
-        clear_run_dir(run_dir)  # only now: a config or model mistake above leaves the old run alone
+    trainer = Trainer(cfg, task, run_dir, console=console, dist=dist)
+    if dist.is_main:
+        console.print(f"progrl {cfg.task}: run directory {run_dir}"
+                      + (f" ({dist.world_size} processes, {dist.sharding})" if dist.enabled else ""))
+        if not resume and args.overwrite:
+            clear_run_dir(run_dir)  # only now: a config or model mistake above leaves the old run alone
+    dist.barrier()  # every process has checked the directory, and the main one has cleared it
     try:
         summary = trainer.train(resume=resume)
     except StorageError as err:
@@ -208,6 +215,9 @@ def cmd_train(args, sft_only: bool = False) -> int:
         else:
             again = f"continue with `progrl train {cfg.task} --resume {run_dir}`"
         raise StorageError(f"{err}; free some space, then {again}") from None
+    dist.close()
+    if not dist.is_main:
+        return 0
     before, after = summary["eval_before"], summary["eval_after"]
     for key in ("accuracy", "mean_reward"):
         if key in after:
@@ -293,7 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError, ImportError, StorageError) as err:
         if os.environ.get("PROGRL_DEBUG"):
             raise
-        print(one_line(err), file=sys.stderr)
+        rank = int(os.environ.get("RANK", "0") or 0)
+        if rank == 0:
+            print(one_line(err), file=sys.stderr)
+        elif not isinstance(err, ConfigError):  # a mistake in the config stops every process alike: said once
+            print(f"[process {rank}] {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; resume with --resume RUN_DIR", file=sys.stderr)

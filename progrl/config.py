@@ -42,6 +42,10 @@ class ModelConfig(_Section):
     n_head: int = Field(4, ge=1)  # attention heads of a model built from scratch
     n_positions: int = Field(64, ge=8)  # context length of a model built from scratch
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"  # weights' dtype of a pretrained model (auto: as stored)
+    # autocast of every forward pass (sampling, reference, update) over the weights kept in `dtype`:
+    # float32 master weights with bf16/fp16 compute; sampling and update compute the same function
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory, one more forward)
     trust_remote_code: bool = False  # allow a Hub model's own modelling code
     lora: bool = False  # train a LoRA adapter instead of all weights (peft)
     lora_r: int = Field(8, ge=1)  # LoRA rank
@@ -157,7 +161,7 @@ class TrainConfig(_Section):
     steps: int = Field(100, ge=0)  # RL steps (each: rollout, rewards, advantages, update)
     out: str | None = None  # run directory; default runs/<task>-<timestamp>
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int | None = Field(None, ge=1)  # torch CPU threads
+    threads: int | None = Field(None, ge=1)  # torch CPU threads per process; None: progrl.threads.default_threads
     model: ModelConfig = ModelConfig()
     rollout: RolloutConfig = RolloutConfig()
     algo: AlgoConfig = AlgoConfig()
@@ -273,10 +277,13 @@ def config_to_dict(cfg: TrainConfig) -> dict:
 # ----------------------------------------------------------------------------- resume
 
 # What a resumed run may change: how long it runs, what it logs and how often it evaluates,
-# and where / with how many threads or reward workers it runs. Everything else would make the
-# continued run a different run than the one its checkpoints and metrics belong to.
+# and where / with how many threads or reward workers it runs, and how it trades memory for
+# time without changing what it computes (gradient checkpointing; sampling chunk size, which no
+# longer changes the samples drawn). Everything else would make the continued run a different
+# run than the one its checkpoints and metrics belong to.
 RESUME_MUTABLE = ("steps", "log.*", "eval.every", "eval.batch_size", "threads", "device", "reward.workers",
-                  "reward.show_output", "reward.ray_address", "reward.load_timeout", "reward.max_failure_fraction")
+                  "reward.show_output", "reward.ray_address", "reward.load_timeout", "reward.max_failure_fraction",
+                  "model.gradient_checkpointing", "rollout.generation_batch_size")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -18,7 +18,8 @@ def supervised_warm_start(lm, tokenizer, texts: list[str], *, epochs: int, lr: f
                           seed: int, device: torch.device, on_epoch=None) -> list[float]:
     """Train ``lm`` by next-token prediction on ``texts``; returns the mean loss of each epoch.
 
-    Sequences are left-padded (padding is masked out of attention and of the loss).
+    Sequences are left-padded (padding is masked out of attention and of the loss). The model
+    is left without gradients (``p.grad`` is None), so an optimiser that follows starts clean.
     ``on_epoch(epoch, loss)`` is called after every epoch (for progress display).
     """
     if not texts:
@@ -46,4 +47,5 @@ def supervised_warm_start(lm, tokenizer, texts: list[str], *, epochs: int, lr: f
         losses.append(total / max(count, 1))
         if on_epoch is not None:
             on_epoch(epoch, losses[-1])
+    optimizer.zero_grad(set_to_none=True)  # no gradient of the last batch left for the next optimiser to add
     return losses

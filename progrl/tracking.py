@@ -109,6 +109,25 @@ class Tracker:
         self.trackers = []
 
 
+class NullTracker:
+    """What the processes other than the main one log: nothing (the main process writes the run)."""
+
+    def truncate_after(self, step: int) -> None:
+        return None
+
+    def log(self, step: int, metrics: dict, phase: str = "train") -> None:
+        return None
+
+    def log_samples(self, step: int, samples: list[dict]) -> None:
+        return None
+
+    def log_eval_samples(self, step: int, samples: list[dict]) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
 def plot_run(run_dir: str | Path, path: str | Path | None = None) -> Path | None:
     """Draw the reward curve (mean with a ± std band) and the evaluation curves to a PNG."""
     run_dir = Path(run_dir)

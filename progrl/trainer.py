@@ -12,10 +12,17 @@
         log         metrics.jsonl, samples.jsonl, TensorBoard, progress bar
         checkpoint  every log.checkpoint_every steps, atomically
     evaluate, save final model, plot
+
+Several processes (``torchrun`` / ``accelerate launch``, see docs/scaling.md): ``self.dist``
+(:class:`progrl.distributed.Dist`) says which share of each batch this process samples,
+scores and trains on; :mod:`progrl.reductions` gathers the batch and reduces the batch
+statistics, so every step computes what one process would on the whole batch. Only the
+main process writes the run directory. With one process all of that is the identity.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -27,23 +34,22 @@ from progrl import checkpoint as ckpt
 from progrl.advantages import compute_advantages, token_rewards
 from progrl.chat import assistant_message, is_conversation
 from progrl.config import ConfigError, TrainConfig, config_to_dict
+from progrl.distributed import Dist, resolve_device
 from progrl.kl import make_kl_controller
-from progrl.losses import (aggregate, batch_entropy, explained_variance, kl_penalty, masked_mean, policy_loss,
+from progrl.losses import (aggregate, batch_entropy, explained_variance_sums, kl_penalty, masked_mean, policy_loss,
                            token_entropy, value_loss)
 from progrl.policy import Policy, Reference
-from progrl.rollout import Rollout, SamplingParams, forward_response, left_pad, sample
+from progrl.reductions import (UpdateStats, batch_distribution, gather_batch, minibatch_counts, minibatch_share)
+from progrl.rollout import Rollout, SamplingParams, forward_response, left_pad, sample, sampling_uniforms
 from progrl.sft import supervised_warm_start
 from progrl.stopping import StopStrings
 from progrl.storage import (StorageError, atomic_torch_save, atomic_write_text, describe, disk_full, remove_tree,
                             torch_save)
 from progrl.tasks.base import Task
-from progrl.tracking import Tracker, plot_run
+from progrl.threads import apply_threads
+from progrl.tracking import NullTracker, Tracker, plot_run
 
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+__all__ = ["Trainer", "resolve_device", "step_generator", "build_model", "make_adamw"]
 
 
 def step_generator(seed: int, step: int, device: torch.device, salt: int = 0) -> torch.Generator:
@@ -94,6 +100,17 @@ def build_model(cfg: TrainConfig, task: Task):
     return lm, tokenizer
 
 
+def with_lora(lm, cfg: TrainConfig):
+    """``lm`` with the config's LoRA adapter (unchanged without ``model.lora``)."""
+    if not cfg.model.lora:
+        return lm
+    from progrl import modeling
+
+    m = cfg.model
+    return modeling.apply_lora(lm, r=m.lora_r, alpha=m.lora_alpha, dropout=m.lora_dropout,
+                               target_modules=m.lora_target_modules)
+
+
 def make_adamw(params: list, **kwargs) -> torch.optim.AdamW:
     """AdamW with torch's fused kernel where it has one for these parameters, else the plain loop.
 
@@ -119,20 +136,40 @@ def lr_lambda(schedule: str, warmup: int, total: int):
     return f
 
 
+def check_split(cfg: TrainConfig, processes: int) -> None:
+    """With several processes the step's prompts (whole groups) and every minibatch split evenly."""
+    if processes == 1:
+        return
+    r, a = cfg.rollout, cfg.algo
+    if r.batch_size % processes:
+        raise ConfigError(f"config error: rollout.batch_size: {r.batch_size} prompts per step do not split over "
+                          f"{processes} processes (each samples whole groups of one prompt); use a multiple of "
+                          f"{processes}")
+    if a.minibatch_size % processes:
+        raise ConfigError(f"config error: algo.minibatch_size: {a.minibatch_size} sequences do not split over "
+                          f"{processes} processes; use a multiple of {processes}")
+    if cfg.eval.n_prompts < processes:
+        raise ConfigError(f"config error: eval.n_prompts: {cfg.eval.n_prompts} held-out prompts for "
+                          f"{processes} processes; use at least {processes}")
+
+
 class Trainer:
     """Owns the model, optimiser, reward engine and run directory of one run."""
 
-    def __init__(self, cfg: TrainConfig, task: Task, run_dir: str | Path, console=None, reward_functions=None):
+    def __init__(self, cfg: TrainConfig, task: Task, run_dir: str | Path, console=None, reward_functions=None,
+                 dist: Dist | None = None):
         """``reward_functions``: ``(callable or spec, weight)`` pairs used instead of the task's own
-        when the config names none (the Python API passes callables this way)."""
+        when the config names none (the Python API passes callables this way). ``dist``: this
+        process's place among several (progrl.distributed; default: one process)."""
         self.cfg = cfg
         self.task = task
         self.run_dir = Path(run_dir)
-        self.console = console
-        self.device = resolve_device(cfg.device)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+        self.dist = dist if dist is not None else Dist(device=resolve_device(cfg.device))
+        self.console = console if self.dist.is_main else None
+        self.device = self.dist.device
+        apply_threads(cfg.threads, self.dist.local_world_size)
         torch.manual_seed(cfg.seed)
+        check_split(cfg, self.dist.world_size)
 
         task.load_data()  # a bad data file is reported before the model is loaded
         if not cfg.reward.functions and not (reward_functions or task.reward_functions()):
@@ -141,13 +178,23 @@ class Trainer:
         lm, self.tokenizer = build_model(cfg, task)
         task.bind_tokenizer(self.tokenizer)
         self.data_note = task.data_summary()
-        if cfg.model.lora:
-            from progrl import modeling
-
-            lm = modeling.apply_lora(lm, r=cfg.model.lora_r, alpha=cfg.model.lora_alpha,
-                                     dropout=cfg.model.lora_dropout, target_modules=cfg.model.lora_target_modules)
-        self.policy = Policy(lm, value_head=cfg.algo.uses_critic).to(self.device)
+        lm = with_lora(lm, cfg)
+        if cfg.model.gradient_checkpointing:
+            # non-reentrant: works with DDP, LoRA (frozen inputs) and a forward called more than once
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.policy = Policy(lm, value_head=cfg.algo.uses_critic, precision=cfg.model.precision).to(self.device)
         self.policy.eval()  # dropout off: rollout and update must see the same function
+        self.model: torch.nn.Module = self.policy  # what the update runs: wrapped for DDP / FSDP by prepare()
+        # Mixed precision: the sampler's KV-cache passes round differently from a full scoring pass
+        # (max |ratio - 1| ~1e-3 under bf16 autocast), so the "old" log-probs and values are
+        # re-scored by the update's own pass, which gives the same bits for any batch of rows
+        # (docs/decisions.md): the first epoch starts at ratio 1.
+        self.rescore = cfg.model.precision != "fp32"
+        # one model call per minibatch (no shared-prompt KV cache) where a call must be alike on every
+        # process (sharded models), where the model runs without a cache (gradient checkpointing), and
+        # under mixed precision (a shared-prompt pass rounds like the sampler, not like a full pass)
+        self.share_prompts = (not cfg.model.gradient_checkpointing and not self.rescore
+                              and self.dist.sharding in ("none", "ddp"))
         self.reference: Reference | None = None  # built after the warm start (it is the warm-started model)
 
         r = cfg.rollout
@@ -173,13 +220,15 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(a.lr_schedule, a.warmup_steps, max(1, cfg.steps * updates_per_step)))
         self.kl_ctl = make_kl_controller(a.kl_controller, a.kl_coef, a.kl_target, a.kl_horizon)
+        # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (then a pass-through)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.model.precision == "fp16")
 
         from progrl.rewards import RewardEngine
         from progrl.trackers import check_available
 
         check_available([n for n in cfg.log.report_to if n != "tensorboard"])
         self.rewards = RewardEngine(cfg.reward, default_functions=reward_functions or task.reward_functions())
-        self.tracker: Tracker | None = None
+        self.tracker: Tracker | NullTracker | None = None
         self.step = 0
         self.saved_step: int | None = None  # the step whose checkpoint on disk holds the current state
         self.state: dict = {}
@@ -201,14 +250,55 @@ class Trainer:
             texts = [self.stop_strings.cut(t)[0] for t in texts]
         return texts
 
-    def generate(self, prompts: list, generator: torch.Generator | None, greedy: bool = False) -> Rollout:
-        """Sample (or greedily decode) responses for ``prompts`` in chunks of generation_batch_size."""
+    def generate(self, prompts: list, uniforms: torch.Tensor | None, greedy: bool = False) -> Rollout:
+        """Sample (or greedily decode) responses for ``prompts`` in chunks of generation_batch_size;
+        ``uniforms`` (one row per prompt) are the draws (progrl.rollout)."""
         params = SamplingParams(**{**self.sampling.__dict__, "greedy": greedy})
         ids, mask = self.encode_prompts(prompts)
         chunk = self.cfg.rollout.generation_batch_size
-        parts = [sample(self.policy, ids[i:i + chunk], mask[i:i + chunk], params, generator)
-                 for i in range(0, len(prompts), chunk)]
+        with self.dist.full_model(self.policy):
+            parts = [sample(self.policy, ids[i:i + chunk], mask[i:i + chunk], params,
+                            uniforms=None if uniforms is None else uniforms[i:i + chunk])
+                     for i in range(0, len(prompts), chunk)]
         return concat_rollouts(parts, self.sampling.pad_id)
+
+    @torch.no_grad()
+    def score_with_update_pass(self, rollout: Rollout) -> None:
+        """Replace the sampler's log-probs and values by those of the update's forward pass (see
+        ``self.rescore``), in chunks of a minibatch share."""
+        P, chunk = rollout.prompt_ids.shape[1], max(1, self.cfg.algo.minibatch_size // self.dist.world_size)
+        ids, att, m = rollout.input_ids, rollout.attention_mask, rollout.response_mask
+        with self.dist.full_model(self.policy):
+            for i in range(0, ids.shape[0], chunk):
+                _, lp, v = forward_response(self.policy, ids[i:i + chunk], att[i:i + chunk], P,
+                                            self.cfg.rollout.temperature, share_prompts=False)
+                rollout.logprobs[i:i + chunk] = lp * m[i:i + chunk]
+                if v is not None:
+                    rollout.values[i:i + chunk] = v.float() * m[i:i + chunk]
+
+    def gather_completions(self, rollout: Rollout) -> list[str]:
+        """The completions of every process's share (:meth:`Dist.split`), decoded, in order."""
+        ids = self.dist.gather_rows(rollout.response_ids, self.sampling.pad_id)
+        mask = self.dist.gather_rows(rollout.response_mask, 0)
+        return self.decode(Rollout(prompt_ids=ids[:, :0], prompt_mask=mask[:, :0], response_ids=ids,
+                                   response_mask=mask, logprobs=mask.float(), values=None))
+
+    def gather_values(self, values: list) -> list:
+        """Every process's per-sample values (None: no value), in order; the values themselves with
+        one process."""
+        if not self.dist.enabled:
+            return values
+        raw = torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float64,
+                           device=self.device)
+        return [None if x != x else x for x in self.dist.gather_rows(raw, math.nan).tolist()]
+
+    def failures_per_function(self, result) -> dict[str, int]:
+        """Failed evaluations of each reward function, summed over the processes."""
+        counts = function_failures(result)
+        if not self.dist.enabled or not counts:
+            return counts
+        return dict(zip(counts, (int(v) for v in self.dist.sum(torch.tensor(list(counts.values()),
+                                                                            device=self.device)).tolist())))
 
     # ------------------------------------------------------------------ evaluation
     def score(self, prompts: list, completions: list[str], records: list[dict], ids: tuple[list, list]):
@@ -226,27 +316,32 @@ class Trainer:
         task's metrics. With ``step``, the generations and their rewards go to eval_samples.jsonl."""
         e = self.cfg.eval
         records = self.task.eval_records(e.n_prompts, e.seed)
-        prompts = [r["prompt"] for r in records]
+        mine = records[self.dist.split(len(records))]  # this process's share of the held-out prompts
+        prompts = [r["prompt"] for r in mine]
+        parts: list[Rollout] = []
         completions: list[str] = []
-        truncated: list[bool] = []
-        ids: tuple[list, list] = ([], [])
         for i in range(0, len(prompts), e.batch_size):
-            ro = self.generate(prompts[i:i + e.batch_size], None, greedy=True)
-            completions += self.decode(ro)
-            truncated += ro.truncated.tolist() if ro.truncated is not None else [False] * ro.response_ids.shape[0]
-            p_ids, c_ids = id_lists(ro)
-            ids[0].extend(p_ids)
-            ids[1].extend(c_ids)
-        result = self.score(prompts, completions, records, ids)
-        valid = [x for x in result.rewards if x is not None]
+            parts.append(self.generate(prompts[i:i + e.batch_size], None, greedy=True))
+            completions += self.decode(parts[-1])
+        rollout = concat_rollouts(parts, self.sampling.pad_id)
+        truncated = truncated_of(rollout).tolist()
+        result = self.score(prompts, completions, mine, id_lists(rollout))
+        rewards, per_function = result.rewards, result.per_function
+        if self.dist.enabled:  # every process's share, on every process
+            prompts = [r["prompt"] for r in records]
+            completions = self.gather_completions(rollout)
+            rewards = self.gather_values(rewards)
+            per_function = {k: self.gather_values(v) for k, v in per_function.items()}
+            truncated = self.dist.gather_rows(truncated_of(rollout).long()).bool().tolist()
+        valid = [x for x in rewards if x is not None]
         metrics = {"mean_reward": sum(valid) / max(len(valid), 1)}
-        metrics.update(function_means(result))
+        metrics.update(means_per_function(per_function))
         metrics["truncated_fraction"] = sum(truncated) / max(len(truncated), 1)
-        metrics.update(self.task.metrics(records, completions, result.rewards))
+        metrics.update(self.task.metrics(records, completions, rewards))
         if step is not None and self.tracker is not None:
             self.tracker.log_eval_samples(step, [
-                {"prompt": p, "completion": c, "reward": result.rewards[i],
-                 "rewards": {k: v[i] for k, v in result.per_function.items()}, "truncated": truncated[i]}
+                {"prompt": p, "completion": c, "reward": rewards[i],
+                 "rewards": {k: v[i] for k, v in per_function.items()}, "truncated": truncated[i]}
                 for i, (p, c) in enumerate(zip(prompts, completions))])
         return metrics
 
@@ -265,41 +360,49 @@ class Trainer:
 
     # ------------------------------------------------------------------ one RL step
     def rl_step(self, step: int) -> tuple[dict, list[dict]]:
-        cfg, a, r = self.cfg, self.cfg.algo, self.cfg.rollout
+        cfg, a, r, dist = self.cfg, self.cfg.algo, self.cfg.rollout, self.dist
         G = r.num_generations
         timings = {}
 
-        # 1. rollout: G samples for each prompt, contiguous groups
+        # 1. rollout: this process's share of the step's prompts (whole groups), G samples each, contiguous
         t0 = time.time()
-        records = [rec for rec in self.task.train_records(r.batch_size, cfg.seed, step) for _ in range(G)]
+        everyone = self.task.train_records(r.batch_size, cfg.seed, step)
+        mine = dist.shard(len(everyone))
+        records = [rec for rec in everyone[mine] for _ in range(G)]
         prompts = [rec["prompt"] for rec in records]
-        rollout = self.generate(prompts, step_generator(cfg.seed, step, self.device))
+        uniforms = sampling_uniforms(len(everyone) * G, r.max_new_tokens,
+                                     step_generator(cfg.seed, step, torch.device("cpu")))
+        rollout = self.generate(prompts, uniforms[mine.start * G:mine.stop * G])
+        if self.rescore:
+            self.score_with_update_pass(rollout)
         completions = self.decode(rollout)
-        mask = rollout.response_mask.float()
         timings["time_generation"] = time.time() - t0
 
-        # 2. rewards: programmed scores; dropped samples leave the update
+        # 2. rewards: programmed scores, where the samples are; dropped samples (NaN) leave the update
         t0 = time.time()
         result = self.score(prompts, completions, records, id_lists(rollout))
         raw = torch.tensor([math.nan if x is None else float(x) for x in result.rewards], device=self.device)
-        truncated = rollout.truncated if rollout.truncated is not None else torch.zeros_like(raw, dtype=torch.bool)
+        truncated = truncated_of(rollout)
         if r.on_truncated == "mask":  # DAPO's overlong filtering: no reward, out of the loss
             raw = raw.masked_fill(truncated, math.nan)
         elif r.on_truncated != "keep":
             raw = raw.masked_fill(truncated & ~torch.isnan(raw), float(r.on_truncated))
-        dropped = torch.isnan(raw)
-        scores = torch.where(dropped, torch.zeros_like(raw), raw)  # a dropped sample's score is never read
-        mask = mask * (~dropped).float().unsqueeze(-1)
         timings["time_reward"] = time.time() - t0
 
-        # 3. KL to the reference, per token (only when a reference exists)
+        # 3. the reference's log-probs of these samples (only when a reference exists)
         t0 = time.time()
-        kl = ref_logprobs = None
+        ref_logprobs = None
         if self.reference is not None:
-            with torch.no_grad():
+            with torch.no_grad(), dist.full_model(self.reference_module):
                 _, ref_logprobs, _ = forward_response(self.reference, rollout.input_ids, rollout.attention_mask,
-                                                      rollout.prompt_ids.shape[1], r.temperature)
-            kl = kl_penalty(rollout.logprobs, ref_logprobs, a.kl_estimator) * mask
+                                                      rollout.prompt_ids.shape[1], r.temperature, self.share_prompts)
+
+        # from here on the whole step's batch, on every process (progrl.reductions)
+        rollout, raw, ref_logprobs = gather_batch(dist, rollout, raw, ref_logprobs, self.sampling.pad_id)
+        dropped = torch.isnan(raw)
+        scores = torch.where(dropped, torch.zeros_like(raw), raw)  # a dropped sample's score is never read
+        mask = rollout.response_mask.float() * (~dropped).float().unsqueeze(-1)
+        kl = None if ref_logprobs is None else kl_penalty(rollout.logprobs, ref_logprobs, a.kl_estimator) * mask
         beta = self.kl_ctl.value
         in_reward = kl is not None and a.kl_in == "reward"
         rewards = token_rewards(scores, mask, kl if in_reward else None, beta)
@@ -315,38 +418,48 @@ class Trainer:
 
         if kl is not None:
             seq_kl = float((kl.sum(-1)).mean())
-            self.kl_ctl.update(seq_kl, len(prompts))
+            self.kl_ctl.update(seq_kl, len(everyone) * G)
             stats["kl"] = seq_kl
         stats["kl_coef"] = beta
 
         valid = raw[~dropped]
+        n_samples = len(everyone) * G
         n_tokens = int(rollout.response_mask.sum())
         elapsed = sum(timings.values())
+        failures = dict(zip(result.failures, dist.sum(torch.tensor(list(result.failures.values()),
+                                                                   device=self.device)).tolist()))
+        per_function = {k: self.gather_values(v) for k, v in result.per_function.items()}
         metrics = {
             "reward_mean": float(valid.mean()) if len(valid) else math.nan,
             "reward_std": float(valid.std()) if len(valid) > 1 else 0.0,
             "reward_min": float(valid.min()) if len(valid) else math.nan,
             "reward_max": float(valid.max()) if len(valid) else math.nan,
-            **function_means(result),
+            **means_per_function(per_function),
             "response_len": float(rollout.response_mask.float().sum(-1).mean()),
-            "truncated_fraction": float(truncated.float().mean()),
+            "truncated_fraction": float(truncated_of(rollout).float().mean()),
             "dropped": int(dropped.sum()),
-            **{f"fail_{k}": v for k, v in result.failures.items()},
-            **function_failures(result),
+            **{f"fail_{k}": int(v) for k, v in failures.items()},
+            **self.failures_per_function(result),
             **stats,
             "lr": self.scheduler.get_last_lr()[0],
-            "samples_per_s": len(prompts) / elapsed if elapsed else math.nan,
+            "samples_per_s": n_samples / elapsed if elapsed else math.nan,
             "tokens_per_s": n_tokens / elapsed if elapsed else math.nan,
             **timings,
         }
-        n_show = min(cfg.log.samples_per_step, len(prompts))
-        shown = [{"prompt": prompts[i], "completion": completions[i], "reward": result.rewards[i],
-                  "rewards": {k: v[i] for k, v in result.per_function.items()}}
-                 for i in range(0, len(prompts), max(1, len(prompts) // max(n_show, 1)))][:n_show]
+        step_rewards = self.gather_values(result.rewards)
+        if dist.enabled:  # what is shown comes from the whole batch
+            completions = self.decode(rollout) if dist.is_main else []
+            prompts = [rec["prompt"] for rec in everyone for _ in range(G)]
+        n_show = min(cfg.log.samples_per_step, n_samples) if dist.is_main else 0
+        shown = [{"prompt": prompts[i], "completion": completions[i], "reward": step_rewards[i],
+                  "rewards": {k: v[i] for k, v in per_function.items()}}
+                 for i in range(0, n_samples, max(1, n_samples // max(n_show, 1)))][:n_show] if n_show else []
         return metrics, shown
 
     def update(self, rollout: Rollout, mask, advantages, returns, ref_logprobs, beta: float, step: int) -> dict:
-        a = self.cfg.algo
+        """Epochs x minibatches over the whole batch; this process trains on its share of each
+        minibatch, with every average taken over the whole minibatch (progrl.reductions)."""
+        a, dist = self.cfg.algo, self.dist
         n = mask.shape[0]
         P = rollout.prompt_ids.shape[1]
         # Dr. GRPO's constant normaliser is the generation budget, not this batch's padded
@@ -354,75 +467,146 @@ class Trainer:
         max_len = self.cfg.rollout.max_new_tokens
         input_ids, attention = rollout.input_ids, rollout.attention_mask
         g = step_generator(self.cfg.seed, step, torch.device("cpu"), salt=1)
-        sums: dict[str, float] = {}
-        count = 0
+        stats = UpdateStats()
         grad_norms = []
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        max_norm = a.max_grad_norm if a.max_grad_norm is not None else float("inf")
+        if self.cfg.model.gradient_checkpointing:
+            self.policy.train()  # transformers checkpoints only in training mode; dropout is 0 everywhere
         for _epoch in range(a.epochs):
             order = torch.randperm(n, generator=g).to(self.device)
             minibatches = [order[i:i + a.minibatch_size] for i in range(0, n, a.minibatch_size)]
             for k, idx in enumerate(minibatches):
-                m = mask[idx]
-                if m.sum() == 0:
+                counts = minibatch_counts(mask, idx)  # the whole minibatch: the same on every process
+                if counts.tokens == 0:
                     continue
-                logits, logprobs, values = forward_response(self.policy, input_ids[idx], attention[idx], P,
-                                                            self.cfg.rollout.temperature)
-                pg_loss, pg_stats = policy_loss(logprobs, rollout.logprobs[idx], advantages[idx], m, a.clip_range,
-                                                a.loss_agg, a.clip_range_high, max_len=max_len)
-                loss = pg_loss
-                st = {"pg_loss": float(pg_loss.detach()), **{k2: float(v) for k2, v in pg_stats.items()}}
-                if values is not None:
-                    vf_loss, vf_stats = value_loss(values, rollout.values[idx], returns[idx], m, a.clip_range_value)
-                    loss = loss + a.vf_coef * vf_loss
-                    st.update(vf_loss=float(vf_loss.detach()), value_mean=float(masked_mean(values.detach(), m)),
-                              explained_variance=explained_variance(values.detach(), returns[idx], m),
-                              **{k2: float(v) for k2, v in vf_stats.items()})
-                if a.entropy_coef:
-                    ent = token_entropy(logits, m, a.loss_agg, max_len)
-                    loss = loss - a.entropy_coef * ent
-                else:
-                    with torch.no_grad():
-                        ent = token_entropy(logits, m, a.loss_agg, max_len)
-                if a.batch_entropy_coef:
-                    bent, maxp = batch_entropy(logits, m)
-                    loss = loss - a.batch_entropy_coef * bent
-                else:
-                    with torch.no_grad():
-                        bent, maxp = batch_entropy(logits, m)
-                st.update(entropy=float(ent.detach()), batch_entropy=float(bent.detach()), max_batch_prob=float(maxp))
-                if ref_logprobs is not None and a.kl_in == "loss":
-                    kl_loss = aggregate(kl_penalty(logprobs, ref_logprobs[idx], a.kl_estimator), m, a.loss_agg,
-                                        max_len)
-                    loss = loss + beta * kl_loss
-                    st["kl_loss"] = float(kl_loss.detach())
-                (loss / a.grad_accum_steps).backward()
-                if (k + 1) % a.grad_accum_steps == 0 or k + 1 == len(minibatches):
-                    params = [p for p in self.policy.parameters() if p.requires_grad]
-                    max_norm = a.max_grad_norm if a.max_grad_norm is not None else float("inf")
-                    grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, max_norm)))
-                    self.optimizer.step()
-                    self.scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                for k2, v in st.items():
-                    sums[k2] = sums.get(k2, 0.0) + (v if v == v else 0.0)
-                count += 1
-        out = {k: v / max(count, 1) for k, v in sums.items()}
+                last = (k + 1) % a.grad_accum_steps == 0 or k + 1 == len(minibatches)
+                mine = minibatch_share(dist, idx)
+                m = mask[mine]
+                with contextlib.nullcontext() if last else dist.no_sync(self.model):
+                    logits, logprobs, values = forward_response(self.model, input_ids[mine], attention[mine], P,
+                                                                self.cfg.rollout.temperature, self.share_prompts)
+                    pg_loss, pg_stats = policy_loss(logprobs, rollout.logprobs[mine], advantages[mine], m,
+                                                    a.clip_range, a.loss_agg, a.clip_range_high, max_len=max_len,
+                                                    counts=counts)
+                    loss = pg_loss
+                    shares = {"pg_loss": pg_loss, **pg_stats}
+                    ev_sums = None
+                    if values is not None:
+                        vf_loss, vf_stats = value_loss(values, rollout.values[mine], returns[mine], m,
+                                                       a.clip_range_value, counts=counts)
+                        loss = loss + a.vf_coef * vf_loss
+                        shares.update(vf_loss=vf_loss, value_mean=masked_mean(values.detach(), m, count=counts.tokens),
+                                      **vf_stats)
+                        ev_sums = explained_variance_sums(values.detach(), returns[mine], m)
+                    with contextlib.nullcontext() if a.entropy_coef else torch.no_grad():
+                        ent = token_entropy(logits, m, a.loss_agg, max_len, counts)
+                    loss = loss - a.entropy_coef * ent if a.entropy_coef else loss
+                    # several processes: the batch-averaged distribution of the whole minibatch
+                    reduced = batch_distribution(dist, logits, m) if dist.enabled else None
+                    with contextlib.nullcontext() if a.batch_entropy_coef else torch.no_grad():
+                        bent, maxp = batch_entropy(logits, m, reduced)
+                    loss = loss - a.batch_entropy_coef * bent if a.batch_entropy_coef else loss
+                    shares["entropy"] = ent
+                    whole = {"batch_entropy": float(bent.detach()), "max_batch_prob": float(maxp)}
+                    if ref_logprobs is not None and a.kl_in == "loss":
+                        kl_loss = aggregate(kl_penalty(logprobs, ref_logprobs[mine], a.kl_estimator), m, a.loss_agg,
+                                            max_len, counts)
+                        loss = loss + beta * kl_loss
+                        shares["kl_loss"] = kl_loss
+                    self.backward(loss / a.grad_accum_steps)
+                if last:
+                    grad_norms.append(self.optimizer_step(params, max_norm))
+                stats.add(shares, whole, ev_sums)
+        if self.cfg.model.gradient_checkpointing:
+            self.policy.eval()
+        out = stats.reduce(dist)
         out["grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
         return out
 
+    def backward(self, loss: torch.Tensor) -> None:
+        self.dist.backward(self.scaler.scale(loss))
+
+    def optimizer_step(self, params: list, max_norm: float) -> float:
+        """Clip (after unscaling fp16 gradients), step, schedule; returns the gradient norm."""
+        self.scaler.unscale_(self.optimizer)
+        norm = self.dist.clip_grad_norm_(params, max_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
+
     # ------------------------------------------------------------------ the run
+    @property
+    def reference_module(self) -> torch.nn.Module:
+        """The module holding the reference's weights (the policy itself for LoRA)."""
+        return self.reference.lm if self.reference is not None and self.reference.lm is not None else self.policy
+
+    def prepare(self) -> None:
+        """Wrap the policy and optimiser for several processes (DDP / FSDP / DeepSpeed) and shard
+        the reference like the policy; nothing with one process."""
+        a = self.cfg.algo
+        self.model, self.optimizer = self.dist.prepare(
+            self.policy, self.optimizer, micro_batch=a.minibatch_size // self.dist.world_size,
+            grad_accum=a.grad_accum_steps, max_grad_norm=a.max_grad_norm)
+        if self.reference is not None and self.reference.lm is not None:
+            self.reference.lm = self.dist.prepare_frozen(self.reference.lm)
+
+    def export(self) -> None:
+        """``final/`` by the main process. A sharded policy is gathered (every process takes part)
+        into a replica on the main process's CPU, built like the policy and exported as one."""
+        if self.dist.sharding in ("none", "ddp"):
+            if self.dist.is_main:
+                export_final(self.run_dir, self.policy, self.tokenizer)
+            return
+        state = self.dist.model_state(self.policy)
+        if self.dist.is_main:
+            lm, _ = build_model(self.cfg, self.task)
+            replica = Policy(with_lora(lm, self.cfg), value_head=self.policy.value_head is not None)
+            replica.load_state_dict(state)
+            export_final(self.run_dir, replica, self.tokenizer)
+
     def save(self, step: int) -> None:
-        ckpt.save_checkpoint(self.run_dir, step, policy=self.policy, optimizer=self.optimizer,
-                             scheduler=self.scheduler, kl_controller=self.kl_ctl, state=self.state,
-                             keep=self.cfg.log.keep_checkpoints)
+        """A checkpoint of this step, written by the main process (the state is gathered first
+        when the model is sharded: every process takes part). DeepSpeed runs write none (its
+        partitioned optimiser state is not gathered; docs/scaling.md)."""
+        if self.dist.sharding == "deepspeed":
+            self.saved_step = step
+            return
+        policy_state = self.dist.model_state(self.policy)
+        optimizer_state = self.dist.optimizer_state(self.policy, self.optimizer)
+        if self.dist.is_main:
+            ckpt.save_checkpoint(self.run_dir, step, policy=_State(policy_state), optimizer=_State(optimizer_state),
+                                 scheduler=self.scheduler, kl_controller=self.kl_ctl,
+                                 state={**self.state, **self.layout()}, keep=self.cfg.log.keep_checkpoints)
         self.saved_step = step
 
-    def resume_from(self, path: Path) -> None:
-        self.state = ckpt.load_checkpoint(path, policy=self.policy, optimizer=self.optimizer,
+    def layout(self) -> dict:
+        """How the run's processes hold the model: a checkpoint's optimiser state is written in
+        the layout's format (FSDP: by parameter name)."""
+        return {"processes": self.dist.world_size, "sharding": self.dist.sharding}
+
+    def resume_from(self, path: Path, optimizer: bool = True) -> None:
+        """Load a checkpoint into the (not yet prepared) policy. ``optimizer=False``: leave the
+        optimiser state for :meth:`resume_optimizer` (sharded optimisers load after prepare)."""
+        self.state = ckpt.load_checkpoint(path, policy=self.policy, optimizer=self.optimizer if optimizer else None,
                                           scheduler=self.scheduler, kl_controller=self.kl_ctl)
+        for key in self.layout():
+            self.state.pop(key, None)
         self.step = int(self.state["step"])
         self.saved_step = self.step
         if self.cfg.algo.uses_reference:
             self.reference = self.make_reference(initial_state=self.run_dir / "checkpoints" / "reference.pt")
+
+    def resume_optimizer(self, path: Path) -> None:
+        file = path / "optimizer.pt"
+        state = ckpt.load_torch(file)
+        try:
+            self.dist.load_optimizer_state(self.policy, self.optimizer, state)
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+            raise ckpt.CheckpointError(f"checkpoint file {file} does not fit this run's model "
+                                       f"({' '.join(str(exc).split())[:160]})") from None
 
     def make_reference(self, initial_state: Path | None = None) -> Reference:
         ref = Reference(self.policy, use_adapter_disable=self.cfg.model.lora)
@@ -435,38 +619,53 @@ class Trainer:
         return ref
 
     def train(self, resume: bool = False) -> dict:
-        """Run (or continue) the whole job; returns a summary dict."""
-        cfg = self.cfg
+        """Run (or continue) the whole job; returns a summary dict. With several processes every
+        process calls it; only the main one writes the run directory."""
+        cfg, dist = self.cfg, self.dist
+        main = dist.is_main
         if not resume and ((self.run_dir / "metrics.jsonl").exists() or ckpt.latest_checkpoint(self.run_dir)):
             raise ConfigError(f"config error: out: {self.run_dir} already holds a run; resume it or use a new "
                               f"directory (two runs in one directory would mix their metrics and checkpoints)")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        dist.barrier()  # every process has looked at the directory before the main one writes to it
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self.tracker = Tracker(self.run_dir, tensorboard=cfg.log.tensorboard, report_to=cfg.log.report_to,
-                               project=cfg.log.project, run_name=cfg.log.run_name, config=config_to_dict(cfg))
+                               project=cfg.log.project, run_name=cfg.log.run_name,
+                               config=config_to_dict(cfg)) if main else NullTracker()
         start = time.time()
         if self.data_note:
             self.say(self.data_note)
         if resume:
-            path = ckpt.recover(self.run_dir, keep=cfg.log.keep_checkpoints)
+            path = ckpt.recover(self.run_dir, keep=cfg.log.keep_checkpoints) if main else None
+            dist.barrier()  # the main process has tidied what an interrupted save left
+            path = path or ckpt.latest_checkpoint(self.run_dir)
             if path is None:
                 raise ConfigError(f"config error: --resume: no checkpoint in {self.run_dir}")
-            self.resume_from(path)
+            check_layout(ckpt.read_state(path), self.layout(), path)
+            sharded_optimizer = dist.sharding == "fsdp"
+            self.resume_from(path, optimizer=not sharded_optimizer)
+            self.prepare()
+            if sharded_optimizer:
+                self.resume_optimizer(path)
             self.tracker.truncate_after(self.step)
             self.say(f"resumed from {path} at step {self.step}")
         else:
-            write_config(self.run_dir, cfg)
-            self.warm_start()
+            if main:
+                write_config(self.run_dir, cfg)
+            if self.warm_start():
+                dist.broadcast_module(self.policy.lm)  # GPU kernels need not be deterministic: one model for all
             if cfg.algo.uses_reference:
                 self.reference = self.make_reference()
-                if self.reference.lm is not None:
+                if self.reference.lm is not None and main:
                     (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
                     atomic_torch_save(self.reference.lm.state_dict(), self.run_dir / "checkpoints" / "reference.pt")
+            self.prepare()
             before = self.evaluate(step=0)
             self.state["eval_before"] = before
             self.tracker.log(0, before, phase="eval")
             self.say("before RL: " + fmt_metrics(before))
         try:
-            with progress_bar(cfg, self.step) as bar:
+            with progress_bar(cfg, self.step, enabled=main) as bar:
                 for step in range(self.step + 1, cfg.steps + 1):
                     metrics, shown = self.rl_step(step)
                     self.tracker.log(step, metrics)
@@ -485,17 +684,43 @@ class Trainer:
         self.tracker.log(self.step, after, phase="eval")
         if self.saved_step != self.step:  # the last step's checkpoint, unless it was just written
             self.save(self.step)
-        export_final(self.run_dir, self.policy, self.tokenizer)
+        self.export()
         self.tracker.close()
-        if cfg.log.plot:
+        if cfg.log.plot and main:
             plot_run(self.run_dir)
-        totals = dict(self.rewards.totals)
+        names = list(self.rewards.totals)
+        totals = dict(zip(names, (int(v) for v in dist.sum(torch.tensor(
+            [self.rewards.totals[k] for k in names], device=self.device)).tolist())))
+        dist.barrier()  # nobody leaves (and tears the process group down) before the main process is done
         summary = {"eval_before": self.state.get("eval_before", {}), "eval_after": after,
                    "reward_failures": totals, "seconds": time.time() - start, "run_dir": str(self.run_dir)}
         self.say("after RL:  " + fmt_metrics(after))
         if any(totals.values()):
             self.say("reward failures: " + ", ".join(f"{k}={v}" for k, v in totals.items() if v))
         return summary
+
+
+class _State:
+    """A state dict already taken (gathered from the processes), in the shape save_checkpoint reads."""
+
+    def __init__(self, state: dict):
+        self._state = state
+
+    def state_dict(self) -> dict:
+        return self._state
+
+
+def check_layout(state: dict, layout: dict, path: Path) -> None:
+    """A checkpoint's optimiser state must be in this run's format: FSDP writes it by parameter
+    name, one process or DDP by index. The number of processes may change (a batch splits the
+    same way over any number that divides it)."""
+    saved = "fsdp" if state.get("sharding") == "fsdp" else "plain"
+    now = "fsdp" if layout["sharding"] == "fsdp" else "plain"
+    if saved != now:
+        how = {"fsdp": "with FSDP (accelerate launch --config_file configs/accelerate/fsdp.yaml)",
+               "plain": "without FSDP (one process, torchrun, or accelerate with DDP)"}
+        raise ConfigError(f"config error: --resume: the checkpoint {path} was written {how[saved]}; resume it "
+                          f"the same way, not {how[now]}")
 
 
 # ---------------------------------------------------------------------- small helpers
@@ -531,7 +756,19 @@ def _mean(values) -> float:
 
 def function_means(result) -> dict[str, float]:
     """Each reward function's mean (over the samples it did not drop) as ``rewards/<name>/mean`` (TRL's key)."""
-    return {f"rewards/{name}/mean": _mean(values) for name, values in result.per_function.items()}
+    return means_per_function(result.per_function)
+
+
+def means_per_function(per_function: dict[str, list]) -> dict[str, float]:
+    """:func:`function_means` of ``{name: values}`` (e.g. gathered from every process)."""
+    return {f"rewards/{name}/mean": _mean(values) for name, values in per_function.items()}
+
+
+def truncated_of(rollout: Rollout) -> torch.Tensor:
+    """``(B,)`` bool: responses that hit ``max_new_tokens`` without a stop (none when unknown)."""
+    if rollout.truncated is not None:
+        return rollout.truncated
+    return torch.zeros(rollout.response_ids.shape[0], dtype=torch.bool, device=rollout.response_ids.device)
 
 
 def function_failures(result) -> dict[str, int]:
@@ -541,16 +778,22 @@ def function_failures(result) -> dict[str, int]:
 
 
 def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
+    """One rollout of several (chunks, or batches encoded apart): prompts left-padded and responses
+    right-padded to the widest."""
     if len(parts) == 1:
         return parts[0]
+    P = max(p.prompt_ids.shape[1] for p in parts)
     T = max(p.response_ids.shape[1] for p in parts)
+
+    def pad_left(x, value):
+        return torch.nn.functional.pad(x, (P - x.shape[1], 0), value=value)
 
     def pad_right(x, value):
         return torch.nn.functional.pad(x, (0, T - x.shape[1]), value=value)
 
     return Rollout(
-        prompt_ids=torch.cat([p.prompt_ids for p in parts]),
-        prompt_mask=torch.cat([p.prompt_mask for p in parts]),
+        prompt_ids=torch.cat([pad_left(p.prompt_ids, pad_id) for p in parts]),
+        prompt_mask=torch.cat([pad_left(p.prompt_mask, 0) for p in parts]),
         response_ids=torch.cat([pad_right(p.response_ids, pad_id) for p in parts]),
         response_mask=torch.cat([pad_right(p.response_mask, 0) for p in parts]),
         logprobs=torch.cat([pad_right(p.logprobs, 0.0) for p in parts]),
@@ -631,10 +874,10 @@ def export_final(run_dir: Path, policy: Policy, tokenizer) -> None:
 class progress_bar:
     """A rich progress bar with ETA and the latest reward; plain lines when not on a terminal."""
 
-    def __init__(self, cfg: TrainConfig, start_step: int):
+    def __init__(self, cfg: TrainConfig, start_step: int, enabled: bool = True):
         self.total = cfg.steps
         self.start = start_step
-        self.enabled = cfg.log.progress
+        self.enabled = cfg.log.progress and enabled
         self.progress = None
         self.every = max(1, cfg.steps // 20)
         self.done = start_step

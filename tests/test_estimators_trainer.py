@@ -134,8 +134,8 @@ def test_dr_grpo_normaliser_is_the_generation_budget(tmp_path, monkeypatch):
     calls = []
     original = losses.aggregate
 
-    def spy(per_token, mask, loss_agg="token_mean", max_len=None):
-        out = original(per_token, mask, loss_agg, max_len)
+    def spy(per_token, mask, loss_agg="token_mean", max_len=None, counts=None):
+        out = original(per_token, mask, loss_agg, max_len, counts)
         if loss_agg == "seq_mean_token_sum_norm":
             calls.append((per_token.shape, max_len))
             expected = (per_token * mask).sum() / (per_token.shape[0] * 3)

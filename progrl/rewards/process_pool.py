@@ -130,6 +130,9 @@ def _worker_env(scratch: str | None) -> dict[str, str]:
     root = os.path.dirname(os.path.dirname(os.path.abspath(progrl.__file__)))  # so that `progrl` imports
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     env["PYTHONSAFEPATH"] = "1"  # no cwd at the front of the worker's sys.path (Python >= 3.11)
+    # workers run side by side: one OpenMP thread each for a reward that uses torch/numpy, unless the
+    # user's environment says otherwise (docs/scaling.md, "CPU threads")
+    env.setdefault("OMP_NUM_THREADS", "1")
     if scratch is not None:
         env["TMPDIR"] = scratch
     return env
