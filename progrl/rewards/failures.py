@@ -36,6 +36,19 @@ class Outcome(NamedTuple):
     message: str | None = None  # what went wrong, for the logs
 
 
+class SampleFailure(NamedTuple):
+    """Returned by a reward function in place of a value: "this sample failed, of this kind".
+
+    For rewards that drive an engine of their own (e.g. the Ludii worker pool, which kills a
+    worker that runs past its time limit): the failure is counted under ``kind`` (one of
+    :data:`FAILURE_KINDS`; an unknown kind counts as ``error``) and replaced by the failure
+    policy's value, exactly like a failure the reward engine saw itself.
+    """
+
+    kind: str
+    message: str = ""
+
+
 def failure(kind: str, message: str) -> Outcome:
     """An :class:`Outcome` for a failure of ``kind`` (checked) with a message cut to size."""
     if kind not in FAILURE_KINDS:
@@ -71,6 +84,9 @@ def classify_value(value: Any) -> Outcome:
     tp = type(value)
     if tp is float:
         return _from_float(value)
+    if tp is SampleFailure:
+        kind = value.kind if value.kind in FAILURE_KINDS else "error"
+        return failure(kind, str(value.message) or f"reported {value.kind!r}")
     if value is None:
         return Outcome(None, "none", "returned None")
     if tp is bool or tp.__name__ in ("bool_", "bool8"):
