@@ -12,6 +12,9 @@ on purpose::
     WRONGID             answer with another request's id
     FLOOD               write 9 MB without a newline
     SLOW:<seconds>      sleep that long, then answer "playable"
+    BARRIER:<dir>:<n>   create a file in <dir>, wait (up to 20 s) until <dir> holds <n> files, then
+                        answer "playable": n requests only all finish if n workers run them at once
+    BADSCHEMA           answer a well-formed JSON object whose balance is 7 (not in [0, 1])
     NOTCOMPILED / NOTPLAYABLE / BUDGET / ENGINEERROR / ONEPLAYER
                         answer with that verdict (ONEPLAYER: playable, balance null)
     anything else       "playable" with metrics derived from a hash of the text
@@ -53,6 +56,16 @@ def evaluate(game: str) -> dict:
         seconds = float(game.split("SLOW:", 1)[1].split()[0].rstrip(")"))
         time.sleep(seconds)
         base["play_s"] = seconds
+    if "BARRIER:" in game:
+        folder, n = game.split("BARRIER:", 1)[1].split()[0].rstrip(")").rsplit(":", 1)
+        open(os.path.join(folder, str(os.getpid())), "w").close()
+        end = time.monotonic() + 20
+        while len(os.listdir(folder)) < int(n) and time.monotonic() < end:
+            time.sleep(0.01)
+        if len(os.listdir(folder)) < int(n):
+            return {**base, "verdict": "engine_error", "message": "barrier not reached"}
+    if "BADSCHEMA" in game:
+        return {**base, **_metrics(game), "balance": 7}
     for word, verdict in (("NOTCOMPILED", "not_compiled"), ("NOTPLAYABLE", "not_playable"),
                           ("BUDGET", "budget_exceeded"), ("ENGINEERROR", "engine_error")):
         if word in game:

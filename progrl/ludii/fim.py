@@ -46,6 +46,13 @@ class FimExample:
         """The supervised text: prompt, one space, the middle (the caller appends an end token)."""
         return self.prompt + " " + self.middle
 
+    def windowed_prompt(self, context_chars: int) -> str:
+        """The prompt with at most ``context_chars`` characters of prefix and of suffix around the
+        middle (cut at a space, so no token is split); 0 = the whole game (the paper's form)."""
+        if context_chars <= 0:
+            return self.prompt
+        return prompt_text(window_before(self.prefix, context_chars), window_after(self.suffix, context_chars))
+
     @property
     def full_game(self) -> str:
         return recompose(self.prefix, self.middle, self.suffix)
@@ -54,6 +61,23 @@ class FimExample:
 def prompt_text(prefix: str, suffix: str) -> str:
     """``### PRE: <prefix> ### SUF: <suffix> ### MID:`` (one space around each part)."""
     return f"{PRE} {prefix} {SUF} {suffix} {MID}"
+
+
+def window_before(text: str, n: int) -> str:
+    """The last ``n`` characters of ``text``, starting after a space (the whole text if short)."""
+    if len(text) <= n:
+        return text
+    cut = len(text) - n
+    j = text.find(" ", cut)
+    return text[j + 1:] if j >= 0 else text[cut:]
+
+
+def window_after(text: str, n: int) -> str:
+    """The first ``n`` characters of ``text``, ending before a space (the whole text if short)."""
+    if len(text) <= n:
+        return text
+    j = text.rfind(" ", 0, n)
+    return text[:j] if j > 0 else text[:n]
 
 
 def _strip_one(s: str) -> str:

@@ -12,6 +12,7 @@ TASKS: dict[str, str] = {
     "arithmetic": "progrl.tasks.arithmetic:ArithmeticTask",
     "arithmetic-chain": "progrl.tasks.arithmetic:ArithmeticChainTask",
     "sentiment": "progrl.tasks.sentiment:SentimentTask",
+    "ludii": "progrl.tasks.ludii:LudiiTask",
 }
 
 

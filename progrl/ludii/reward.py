@@ -1,0 +1,101 @@
+"""The paper's game-synthesis reward, and the batched reward function the reward engine runs.
+
+Per sample: cut the generated middle at the first balancing bracket, recompose prefix + middle +
+suffix, and score the game:
+
+    malformed (brackets / strings)     0            (never reaches the engine)
+    does not compile                   0            (``not_compiled``)
+    compiles, not playable             0.05         (``not_playable``: a playout raised, or < 2 turns)
+    playable                           (balance^(1/3) + completion^(1/3) + drawishness^(1/3)) / 3
+                                       (NaN when a term is undefined, e.g. one-player games: the
+                                       reward engine's ``nan`` failure, 0 by default, as in the paper)
+    timeout / JVM crash / engine error SampleFailure("timeout" | "crash" | "error"): counted by the
+                                       reward engine and replaced by its on_timeout / on_crash /
+                                       on_error values (0.01 by default, the paper's value)
+
+With the validator the score is the validator's graded credit (a proxy).
+
+:class:`LudiiReward` is a picklable callable (the evaluator is looked up per process), batched:
+the whole batch goes to the engine's JVM pool at once and is evaluated in parallel.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from progrl.ludii import fim, sexpr
+from progrl.ludii.evaluators import MALFORMED, EvaluatorSpec, Judgement, get_evaluator
+from progrl.rewards.failures import SampleFailure
+
+NOT_COMPILED = 0.0
+NOT_PLAYABLE = 0.05
+
+
+def cube_root_mean(balance: float | None, completion: float | None, drawishness: float | None) -> float:
+    """The paper's aggregate of the three playout statistics; NaN when one is undefined."""
+    terms = (balance, completion, drawishness)
+    if any(t is None or not math.isfinite(t) for t in terms):
+        return math.nan
+    return sum(max(0.0, t) ** (1.0 / 3.0) for t in terms) / 3.0  # type: ignore[operator]
+
+
+def score(j: Judgement, not_compiled: float = NOT_COMPILED, not_playable: float = NOT_PLAYABLE
+          ) -> float | SampleFailure:
+    """The reward of one judged game (see the module docstring)."""
+    if j.verdict == "malformed":
+        return not_compiled
+    if j.proxy is not None:
+        return j.proxy.score
+    r = j.engine
+    assert r is not None
+    if r.verdict == "not_compiled":
+        return not_compiled
+    if r.verdict == "not_playable":
+        return not_playable
+    if r.verdict == "playable":
+        return cube_root_mean(r.balance, r.completion, r.drawishness)
+    return SampleFailure(r.verdict, r.message or r.verdict)
+
+
+def recompose_completions(prompts: Sequence[str], completions: Sequence[str], prefix: Sequence[str] | None = None,
+                          suffix: Sequence[str] | None = None) -> list[str]:
+    """The recomposed game of each sample: trimmed middle between its prefix and suffix (taken
+    from the columns when given, else parsed from the prompt in the paper's form)."""
+    games = []
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        if prefix is not None and suffix is not None:
+            pre, suf = prefix[i], suffix[i]
+        else:
+            pre, suf = fim.parse_prompt(p)
+        middle = c[1:] if c.startswith(" ") else c
+        games.append(fim.recompose(pre, fim.bracket_trim(middle), suf))
+    return games
+
+
+def judge_games(spec: EvaluatorSpec, games: Sequence[str]) -> list[Judgement]:
+    """Judge recomposed games: malformed ones at once, the rest by the evaluator in one batch."""
+    out: list[Judgement] = [MALFORMED] * len(games)
+    todo = [i for i, g in enumerate(games) if sexpr.is_well_formed(g)]
+    if todo:
+        for i, j in zip(todo, get_evaluator(spec).judge_many([games[i] for i in todo])):
+            out[i] = j
+    return out
+
+
+class LudiiReward:
+    """Batched reward: ``reward(prompts, completions, prefix=..., suffix=..., **columns)``."""
+
+    progrl_batched = True
+
+    def __init__(self, spec: EvaluatorSpec, not_compiled: float = NOT_COMPILED, not_playable: float = NOT_PLAYABLE,
+                 name: str = "ludii") -> None:
+        self.spec = spec
+        self.not_compiled = not_compiled
+        self.not_playable = not_playable
+        self.__name__ = name
+
+    def __call__(self, prompts: list[str], completions: list[str], prefix: list[str] | None = None,
+                 suffix: list[str] | None = None, **columns) -> list[float | SampleFailure]:
+        games = recompose_completions(prompts, completions, prefix, suffix)
+        return [score(j, self.not_compiled, self.not_playable) for j in judge_games(self.spec, games)]
