@@ -148,3 +148,19 @@ def test_fim_file_in_the_papers_form(tmp_path, monkeypatch):
     held = {ex.game for ex in task.held_out_examples}
     assert train and held and train.isdisjoint(held)  # grouped by recomposed game: never on both sides
     assert all(ex.full_game.startswith('(game "Line Four"') for ex in task.train_examples)
+
+
+def test_paper_config_and_task_listing(capsys):
+    import argparse
+
+    from progrl.cli import load_run_config
+
+    args = argparse.Namespace(task="ludii", config="configs/ludii-paper.toml", overrides=[], steps=None, seed=None,
+                              model=None, out=None)
+    cfg = load_run_config(args)
+    assert cfg.model.name == "EleutherAI/pythia-410m" and cfg.rollout.batch_size == 12
+    assert cfg.algo.minibatch_size == 6 and cfg.algo.lr == 1.41e-5 and cfg.algo.estimator == "gae"
+    opts = get_task("ludii", cfg.task_options).options
+    assert (opts.playouts, opts.max_turns, opts.budget_s) == (100, 500, 5.0) and opts.context_chars == 0
+    assert main(["tasks"]) == 0
+    assert "ludii" in capsys.readouterr().out

@@ -48,6 +48,7 @@ class LudiiOptions(BaseModel):
     max_game_chars: int = Field(1500, ge=50)  # games longer than this (canonical form) are left out
     min_middle_chars: int = Field(8, ge=3)
     max_middle_chars: int = Field(120, ge=3)
+    min_middle_fraction: float = Field(0.0, ge=0.0)  # keep middles >= this x prompt length (the paper's PPO set: 0.2)
     examples_per_game: int = Field(16, ge=1)  # masked middles drawn per game
     held_out_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     context_chars: int = Field(0, ge=0)  # prefix / suffix characters shown around the middle; 0 = whole game
@@ -79,6 +80,8 @@ class LudiiTask(Task):
     Options = LudiiOptions
     headline_metrics = ("compile_rate", "playable_rate", "mean_reward", "exact_middle_rate", "eval_seconds_per_game",
                         "proxy_valid_rate")
+
+    response_template = fim.MID
 
     options: LudiiOptions
 
@@ -268,7 +271,8 @@ class LudiiTask(Task):
             p = tokenizer([self.prompt_of(ex) for ex in examples], add_special_tokens=False)["input_ids"]
             m = tokenizer([" " + ex.middle for ex in examples], add_special_tokens=False)["input_ids"]
             return [ex for ex, a, b in zip(examples, p, m) if len(a) <= o.max_prompt_tokens
-                    and len(b) + 1 <= o.max_middle_tokens]
+                    and len(b) + 1 <= o.max_middle_tokens
+                    and len(ex.middle) >= o.min_middle_fraction * len(self.prompt_of(ex))]
 
         self._train_pool = fits(self.train_examples)
         self._eval_pool = fits(self.held_out_examples)
