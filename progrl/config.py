@@ -83,7 +83,9 @@ class AlgoConfig(_Section):
     vf_coef: float = Field(0.1, ge=0.0)
     gamma: float = Field(1.0, ge=0.0, le=1.0)
     lam: float = Field(0.95, ge=0.0, le=1.0)
-    whiten_advantages: bool = True
+    # None: the estimator's own definition (progrl.advantages.default_whiten): on for gae, off for
+    # grpo / dr_grpo / rloo; reinforce_pp always normalises over the batch (the switch does not apply)
+    whiten_advantages: bool | None = None
     loss_agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"] = "token_mean"
     entropy_coef: float = 0.0  # token-entropy bonus
     batch_entropy_coef: float = 0.0  # the paper's batch-entropy bonus
@@ -253,3 +255,37 @@ def config_to_dict(cfg: TrainConfig) -> dict:
             return [strip(v) for v in x]
         return x
     return strip(cfg.model_dump(mode="json"))
+
+
+# ----------------------------------------------------------------------------- resume
+
+# What a resumed run may change: how long it runs, what it logs and how often it evaluates,
+# and where / with how many threads or reward workers it runs. Everything else would make the
+# continued run a different run than the one its checkpoints and metrics belong to.
+RESUME_MUTABLE = ("steps", "log.*", "eval.every", "eval.batch_size", "threads", "device", "reward.workers",
+                  "reward.show_output", "reward.ray_address")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))  # an empty table adds nothing (same as absent)
+        else:
+            out[key] = v
+    return out
+
+
+def _mutable(key: str) -> bool:
+    return any(key == m or (m.endswith(".*") and key.startswith(m[:-1])) for m in RESUME_MUTABLE)
+
+
+def resume_conflicts(saved: TrainConfig, asked: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """Fields where ``asked`` differs from the run's ``saved`` config and may not change on
+    resume: ``(dotted name, saved value, asked value)``, in field order. ``out`` is not
+    compared (the run stays in its directory)."""
+    a, b = _flatten(config_to_dict(saved)), _flatten(config_to_dict(asked))
+    keys = list(a) + [k for k in b if k not in a]
+    return [(k, a.get(k), b.get(k)) for k in keys
+            if k != "out" and not _mutable(k) and a.get(k) != b.get(k)]

@@ -17,6 +17,8 @@ import json
 import math
 from pathlib import Path
 
+from progrl.storage import append_text, atomic_write, atomic_write_text
+
 
 def _clean(v):
     if isinstance(v, float) and (math.isnan(v) or math.isinf(v)):
@@ -57,15 +59,15 @@ class Tracker:
                 self.tb = None
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drop rows written after the checkpoint's step (they will be redone)."""
+        """On resume, drop rows written after the checkpoint's step (they will be redone).
+        Each file is rewritten atomically: a crash here leaves the old file."""
         for path in (self.metrics_path, self.samples_path):
             rows = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
-            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def log(self, step: int, metrics: dict, phase: str = "train") -> None:
         row = {"step": step, "phase": phase, **{k: _clean(v) for k, v in metrics.items()}}
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_text(self.metrics_path, json.dumps(row) + "\n")
         if self.tb is not None:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None and math.isfinite(v):
@@ -75,9 +77,7 @@ class Tracker:
     def log_samples(self, step: int, samples: list[dict]) -> None:
         if not samples:
             return
-        with self.samples_path.open("a") as f:
-            for s in samples:
-                f.write(json.dumps({"step": step, **s}) + "\n")
+        append_text(self.samples_path, "".join(json.dumps({"step": step, **s}) + "\n" for s in samples))
 
     def close(self) -> None:
         if self.tb is not None:
@@ -116,6 +116,8 @@ def plot_run(run_dir: str | Path, path: str | Path | None = None) -> Path | None
         axes[0][i].set_title(f"held-out {k.replace('_', ' ')}")
     fig.tight_layout()
     out = Path(path) if path else run_dir / "plot.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    try:
+        atomic_write(out, lambda f: fig.savefig(f, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
     return out

@@ -32,6 +32,8 @@ from progrl.losses import (aggregate, batch_entropy, explained_variance, kl_pena
 from progrl.policy import Policy, Reference
 from progrl.rollout import Rollout, SamplingParams, forward_response, left_pad, sample
 from progrl.sft import supervised_warm_start
+from progrl.storage import (StorageError, atomic_torch_save, atomic_write_text, describe, disk_full, remove_tree,
+                            torch_save)
 from progrl.tasks.base import Task
 from progrl.tracking import Tracker, plot_run
 
@@ -119,8 +121,10 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
 
+        task.load_data()  # a bad data file is reported before the model is loaded
         lm, self.tokenizer = build_model(cfg, task)
         task.bind_tokenizer(self.tokenizer)
+        self.data_note = task.data_summary()
         if cfg.model.lora:
             from progrl import modeling
 
@@ -157,6 +161,7 @@ class Trainer:
         self.rewards = RewardEngine(cfg.reward, default_functions=task.reward_functions())
         self.tracker: Tracker | None = None
         self.step = 0
+        self.saved_step: int | None = None  # the step whose checkpoint on disk holds the current state
         self.state: dict = {}
 
     # ------------------------------------------------------------------ helpers
@@ -234,7 +239,7 @@ class Trainer:
         result = self.rewards.score(prompts, completions, columns_of(records))
         raw = torch.tensor([math.nan if x is None else float(x) for x in result.rewards], device=self.device)
         dropped = torch.isnan(raw)
-        scores = fill_dropped(raw, G)
+        scores = torch.where(dropped, torch.zeros_like(raw), raw)  # a dropped sample's score is never read
         mask = mask * (~dropped).float().unsqueeze(-1)
         timings["time_reward"] = time.time() - t0
 
@@ -252,7 +257,8 @@ class Trainer:
 
         # 4. advantages
         advantages, returns = compute_advantages(a.estimator, rewards, mask, rollout.values, group_size=G,
-                                                 gamma=a.gamma, lam=a.lam, whiten=a.whiten_advantages)
+                                                 gamma=a.gamma, lam=a.lam, whiten=a.whiten_advantages,
+                                                 valid=~dropped)
 
         # 5. update: epochs x minibatches, reusing the rollout's log-probs and values as "old"
         stats = self.update(rollout, mask, advantages, returns, ref_logprobs, beta, step)
@@ -355,28 +361,39 @@ class Trainer:
         ckpt.save_checkpoint(self.run_dir, step, policy=self.policy, optimizer=self.optimizer,
                              scheduler=self.scheduler, kl_controller=self.kl_ctl, state=self.state,
                              keep=self.cfg.log.keep_checkpoints)
+        self.saved_step = step
 
     def resume_from(self, path: Path) -> None:
         self.state = ckpt.load_checkpoint(path, policy=self.policy, optimizer=self.optimizer,
                                           scheduler=self.scheduler, kl_controller=self.kl_ctl)
         self.step = int(self.state["step"])
+        self.saved_step = self.step
         if self.cfg.algo.uses_reference:
             self.reference = self.make_reference(initial_state=self.run_dir / "checkpoints" / "reference.pt")
 
     def make_reference(self, initial_state: Path | None = None) -> Reference:
         ref = Reference(self.policy, use_adapter_disable=self.cfg.model.lora)
         if ref.lm is not None and initial_state is not None and initial_state.exists():
-            ref.lm.load_state_dict(torch.load(initial_state, map_location="cpu", weights_only=True))
+            try:
+                ref.lm.load_state_dict(ckpt.load_torch(initial_state))
+            except RuntimeError as exc:
+                raise ckpt.CheckpointError(f"checkpoint file {initial_state} does not fit this run's reference "
+                                           f"model ({' '.join(str(exc).split())[:160]})") from None
         return ref
 
     def train(self, resume: bool = False) -> dict:
         """Run (or continue) the whole job; returns a summary dict."""
         cfg = self.cfg
+        if not resume and ((self.run_dir / "metrics.jsonl").exists() or ckpt.latest_checkpoint(self.run_dir)):
+            raise ConfigError(f"config error: out: {self.run_dir} already holds a run; resume it or use a new "
+                              f"directory (two runs in one directory would mix their metrics and checkpoints)")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.tracker = Tracker(self.run_dir, tensorboard=cfg.log.tensorboard)
         start = time.time()
+        if self.data_note:
+            self.say(self.data_note)
         if resume:
-            path = ckpt.latest_checkpoint(self.run_dir)
+            path = ckpt.recover(self.run_dir, keep=cfg.log.keep_checkpoints)
             if path is None:
                 raise ConfigError(f"config error: --resume: no checkpoint in {self.run_dir}")
             self.resume_from(path)
@@ -389,7 +406,7 @@ class Trainer:
                 self.reference = self.make_reference()
                 if self.reference.lm is not None:
                     (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-                    torch.save(self.reference.lm.state_dict(), self.run_dir / "checkpoints" / "reference.pt")
+                    atomic_torch_save(self.reference.lm.state_dict(), self.run_dir / "checkpoints" / "reference.pt")
             before = self.evaluate()
             self.state["eval_before"] = before
             self.tracker.log(0, before, phase="eval")
@@ -412,7 +429,8 @@ class Trainer:
         finally:
             self.rewards.close()
         self.tracker.log(self.step, after, phase="eval")
-        self.save(self.step)
+        if self.saved_step != self.step:  # the last step's checkpoint, unless it was just written
+            self.save(self.step)
         export_final(self.run_dir, self.policy, self.tokenizer)
         self.tracker.close()
         if cfg.log.plot:
@@ -434,14 +452,6 @@ def columns_of(records: list[dict]) -> dict[str, list]:
     return {k: [r.get(k) for r in records] for k in keys}
 
 
-def fill_dropped(raw: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Replace dropped (NaN) scores by their group's mean so they do not move the baseline."""
-    groups = raw.view(-1, group_size)
-    valid = ~torch.isnan(groups)
-    mean = torch.where(valid, groups, torch.zeros_like(groups)).sum(-1, keepdim=True) / valid.sum(-1, keepdim=True).clamp(min=1)
-    return torch.where(valid, groups, mean.expand_as(groups)).reshape(-1)
-
-
 def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
     if len(parts) == 1:
         return parts[0]
@@ -460,6 +470,18 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
     )
 
 
+def fmt_rate(x: float) -> str:
+    """A rate with sensible digits: ``260``, ``42.4``, ``0.42``, ``0.0031`` (never a bare ``0``
+    for a rate below 1)."""
+    if x is None or x != x:
+        return "nan"
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    if x == 0:
+        return "0"
+    return f"{x:.3g}" if abs(x) >= 1 else f"{x:.2g}"
+
+
 def fmt_metrics(m: dict) -> str:
     return ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items())
 
@@ -467,7 +489,7 @@ def fmt_metrics(m: dict) -> str:
 def write_config(run_dir: Path, cfg: TrainConfig) -> None:
     import tomli_w
 
-    (run_dir / "config.toml").write_text(tomli_w.dumps(config_to_dict(cfg)))
+    atomic_write_text(run_dir / "config.toml", tomli_w.dumps(config_to_dict(cfg)))
 
 
 def export_final(run_dir: Path, policy: Policy, tokenizer) -> None:
@@ -475,26 +497,46 @@ def export_final(run_dir: Path, policy: Policy, tokenizer) -> None:
 
     A LoRA run writes the adapter merged into the base weights (a plain model that loads
     anywhere, e.g. ``--model RUN/final`` or ``progrl eval``) and the adapter alone in
-    ``final/adapter``."""
+    ``final/adapter``. It is written to ``.final.tmp``; an existing ``final/`` is renamed
+    aside until the new one is in place, so a kill leaves one of them (``progrl eval`` falls
+    back to the checkpoint when ``final/`` is missing). A failed write (full disk) removes
+    ``.final.tmp`` and keeps the old ``final/``."""
     import copy
     import shutil
 
     from progrl.modeling import is_peft_model
 
-    final, tmp = run_dir / "final", run_dir / ".final.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    if is_peft_model(policy.lm):
-        policy.lm.save_pretrained(tmp / "adapter")
-        copy.deepcopy(policy.lm).merge_and_unload().save_pretrained(tmp)
-    else:
-        policy.lm.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if policy.value_head is not None:
-        torch.save(policy.value_head.state_dict(), tmp / "value_head.pt")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    final, tmp, old = run_dir / "final", run_dir / ".final.tmp", run_dir / ".final.old"
+    try:
+        if old.exists():  # a previous export was interrupted between its two renames
+            if final.exists():
+                remove_tree(old)
+            else:
+                os.replace(old, final)
+        if tmp.exists():
+            remove_tree(tmp)
+        if is_peft_model(policy.lm):
+            policy.lm.save_pretrained(tmp / "adapter")
+            copy.deepcopy(policy.lm).merge_and_unload().save_pretrained(tmp)
+        else:
+            policy.lm.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if policy.value_head is not None:
+            torch_save(policy.value_head.state_dict(), tmp / "value_head.pt")
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, StorageError):
+            raise
+        if isinstance(exc, OSError) or disk_full(exc):  # safetensors wraps ENOSPC in its own error
+            raise StorageError(describe(exc, final) + "; the checkpoint is kept") from exc
+        raise
+    try:
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        remove_tree(old)
+    except OSError as exc:
+        raise StorageError(describe(exc, final)) from exc
 
 
 class progress_bar:
@@ -533,7 +575,7 @@ class progress_bar:
             self.progress.update(self.task_id, advance=1, description=desc)
         elif self.enabled and (self.done % self.every == 0 or self.done == self.total):
             self.console.print(f"step {self.done}/{self.total}  {desc}  "
-                               f"({metrics.get('samples_per_s', 0):.0f} samples/s)")
+                               f"({fmt_rate(metrics.get('samples_per_s', 0.0))} samples/s)")
 
     def __exit__(self, *exc):
         if self.progress is not None:

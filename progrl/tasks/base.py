@@ -50,6 +50,15 @@ class Task:
         return None
 
     # --- data ----------------------------------------------------------------------
+    def load_data(self) -> None:
+        """Read the task's data files; the trainer calls it before loading the model, so a bad
+        file is reported before minutes are spent on the model. The default does nothing."""
+        return None
+
+    def data_summary(self) -> str | None:
+        """One line saying where the task's prompts come from (the trainer prints it), or None."""
+        return None
+
     def train_records(self, n: int, seed: int, step: int) -> list[Record]:
         """``n`` training prompts for RL step ``step`` (a pure function of its arguments)."""
         raise NotImplementedError
