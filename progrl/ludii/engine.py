@@ -24,6 +24,7 @@ description (playouts are seeded, so a description always gets the same result).
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -181,9 +182,9 @@ class LudiiEngine:
             classes = toolchain.compile_worker(self.jar)
             command = toolchain.java_command(self.jar, classes, xmx_mb=s.xmx_mb, verbose=s.verbose,
                                              warmup=s.warmup_playouts)
-            log_dir = self.log_dir or toolchain.cache_root() / "logs"
+            log_dir = self.log_dir or toolchain.cache_root() / "logs" / str(os.getpid())
         return JsonLinesPool(command, workers=s.workers, timeout=s.hard_limit, startup_timeout=s.startup_timeout_s,
-                             log_dir=log_dir, name="Ludii worker", check_ready=_check_ready)
+                             log_dir=log_dir, name="Ludii worker", check_ready=_check_ready, keep_logs=s.verbose)
 
     @property
     def pool(self) -> JsonLinesPool:

@@ -105,6 +105,14 @@ def get_evaluator(spec: EvaluatorSpec) -> Evaluator:
         return ev
 
 
+def release(spec: EvaluatorSpec) -> None:
+    """Close and forget the evaluator of ``spec`` (e.g. JVMs used only to expand the data)."""
+    with _LOCK:
+        ev = _EVALUATORS.pop(spec, None)
+    if ev is not None:
+        ev.close()
+
+
 def close_all() -> None:
     with _LOCK:
         for ev in _EVALUATORS.values():

@@ -230,7 +230,7 @@ class JsonLinesPool:
     def __init__(self, command: Sequence[str], *, workers: int = 2, timeout: float = 10.0,
                  startup_timeout: float = 120.0, max_start_failures: int = 3, log_dir: str | Path | None = None,
                  env: dict[str, str] | None = None, max_line: int = MAX_LINE, name: str = "worker",
-                 check_ready: Callable[[dict[str, Any]], str | None] | None = None) -> None:
+                 check_ready: Callable[[dict[str, Any]], str | None] | None = None, keep_logs: bool = False) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.command = list(command)
@@ -239,6 +239,7 @@ class JsonLinesPool:
         self.startup_timeout = startup_timeout
         self.max_start_failures = max_start_failures
         self.log_dir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="progrl-pool-"))
+        self.keep_logs = keep_logs
         self.env = env
         self.max_line = max_line
         self.name = name
@@ -258,9 +259,12 @@ class JsonLinesPool:
     # ------------------------------------------------------------------ lifecycle
     def _spawn(self, slot: int) -> _Worker:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        w = _Worker(self.command, self.env, self.log_dir / f"{self.name}-{slot}.log")
+        w = _Worker(self.command, self.env, self._log_path(slot))
         self.stats["started"] += 1
         return w
+
+    def _log_path(self, slot: int) -> Path:
+        return self.log_dir / f"{self.name.replace(' ', '-')}-{slot}.log"
 
     def start(self) -> None:
         """Start the missing workers; returns at once (they warm up in the background)."""
@@ -293,9 +297,19 @@ class JsonLinesPool:
         return [w.pid for w in self._workers if w.state != "dead"]
 
     def close(self) -> None:
-        """Stop every worker (idempotent)."""
+        """Stop every worker (idempotent); their log files go too unless ``keep_logs``."""
         self._closed = True
         self._finalizer()
+        if not self.keep_logs:
+            for slot in set(self._slots):
+                try:
+                    self._log_path(slot).unlink()
+                except OSError:
+                    pass
+            try:
+                self.log_dir.rmdir()  # only when nothing else is in it
+            except OSError:
+                pass
 
     def __enter__(self) -> "JsonLinesPool":
         return self

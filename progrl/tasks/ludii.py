@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from progrl.ludii import fim, library, toolchain
 from progrl.ludii.engine import EngineSettings
-from progrl.ludii.evaluators import EvaluatorSpec, get_evaluator
+from progrl.ludii.evaluators import EvaluatorSpec, get_evaluator, release
 from progrl.ludii.reward import NOT_COMPILED, NOT_PLAYABLE, LudiiReward, judge_games, recompose_completions, score
 from progrl.rewards.failures import SampleFailure
 from progrl.tasks.base import Record, Task
@@ -192,6 +192,8 @@ class LudiiTask(Task):
             get_evaluator(engine_spec).engine.wait_ready()  # a JVM that cannot start stops the run here
         else:
             self.spec = EvaluatorSpec(kind="validator", names_file=self._names_file(engine_spec, use_engine))
+            if engine_spec is not None:
+                release(engine_spec)  # JVMs that only expanded the data or listed the names
         self._loaded = True
 
     def _expander(self, spec: EvaluatorSpec):
