@@ -172,3 +172,20 @@ def test_reward_through_the_reward_engine_counts_engine_failures(tmp_path):
         assert res.rewards[:3] == [direct[0], 0.0, 0.05]
     finally:
         close_all()
+
+
+def test_engine_reward_named_by_spec_string():
+    cfg = RewardConfig(functions=[{"fn": "progrl.ludii.reward:engine_reward",
+                                   "kwargs": {"command": FAKE, "budget_s": 0.5, "kill_after_s": 2.0}}],
+                       backend="inline")
+    prompt = "### PRE: (game x  ### SUF: ) ### MID:"
+    try:
+        with RewardEngine(cfg) as rewards:
+            res = rewards.score([prompt] * 3, [" (NOTPLAYABLE) junk", " (HANG)", " (unclosed"])
+        assert res.rewards == [0.05, 0.01, 0.0] and res.failures["timeout"] == 1
+        # the validator needs no worker at all
+        from progrl.ludii.reward import engine_reward
+
+        assert engine_reward([prompt], [" (players 2)"], evaluator="validator")[0] == pytest.approx((0.2 + 0.15) / 0.9)  # parses, players; the name is no string
+    finally:
+        close_all()

@@ -99,3 +99,31 @@ class LudiiReward:
                  suffix: list[str] | None = None, **columns) -> list[float | SampleFailure]:
         games = recompose_completions(prompts, completions, prefix, suffix)
         return [score(j, self.not_compiled, self.not_playable) for j in judge_games(self.spec, games)]
+
+
+def engine_reward(prompts: list[str], completions: list[str], prefix: list[str] | None = None,
+                  suffix: list[str] | None = None, *, jar: str | None = None, evaluator: str = "engine",
+                  playouts: int = 100, max_turns: int = 500, budget_s: float = 5.0, kill_after_s: float | None = None,
+                  workers: int = 2, xmx_mb: int = 1024, seed: int = 0, names_file: str | None = None,
+                  command: Sequence[str] | None = None, **columns) -> list[float | SampleFailure]:
+    """The Ludii reward as a plain function for configs and `progrl score`, e.g.
+
+        [[reward.functions]]
+        fn = "progrl.ludii.reward:engine_reward"
+        kwargs = { playouts = 100, budget_s = 5.0 }
+
+    Prompts in the paper's form (or ``prefix`` / ``suffix`` columns); the jar from ``jar`` or
+    ``$LUDII_JAR``. One evaluator (and JVM pool) per distinct setting and process."""
+    import os
+
+    from progrl.ludii.engine import EngineSettings
+
+    if evaluator == "engine" and command is None:
+        from progrl.ludii import toolchain
+
+        jar = str(toolchain.resolve_jar(jar or os.environ.get("LUDII_JAR")))
+    settings = EngineSettings(playouts=playouts, max_turns=max_turns, budget_s=budget_s, kill_after_s=kill_after_s,
+                              workers=workers, xmx_mb=xmx_mb, seed=seed)
+    spec = EvaluatorSpec(kind=evaluator, jar=jar, engine=settings, names_file=names_file,  # type: ignore[arg-type]
+                         command=tuple(command) if command is not None else None)
+    return LudiiReward(spec)(prompts, completions, prefix, suffix)
