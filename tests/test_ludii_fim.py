@@ -181,3 +181,9 @@ def test_validator_name_check():
     v = validate(bad, names)
     assert v.score < 1.0 and "not Ludii ludemes" in v.message
     assert v.checks["names"] == pytest.approx(20 / 21)  # 15 heads + 6 constants, one unknown
+
+
+def test_a_middle_must_be_one_bracketed_form():
+    assert fim.is_ludeme("(players 2)") and fim.is_ludeme(" {(a) (b)} ")
+    assert not fim.is_ludeme("") and not fim.is_ludeme("   ")  # the masked ludeme deleted
+    assert not fim.is_ludeme("(a) (b)") and not fim.is_ludeme("Orthogonal") and not fim.is_ludeme("(a")

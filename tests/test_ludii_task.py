@@ -61,6 +61,13 @@ def test_task_from_a_folder_with_the_validator(tmp_path, monkeypatch):
     scores = fn([rec["prompt"]] * 3, [" " + rec["middle"], " (sqare)", " (unclosed"],
                 prefix=[rec["prefix"]] * 3, suffix=[rec["suffix"]] * 3)
     assert scores[0] == 1.0 and scores[2] == 0.0
+    # deleting the masked ludeme leaves a game the validator likes, but an empty middle is malformed
+    from progrl.ludii.evaluators import EvaluatorSpec
+    from progrl.ludii.reward import LudiiReward
+
+    empty = [rec["prompt"]], [" "], [rec["prefix"]], [rec["suffix"]]
+    assert fn(*empty) == [0.0]
+    assert LudiiReward(EvaluatorSpec(kind="validator"), require_ludeme=False)(*empty)[0] > 0.5  # the paper's rule
     texts = task.sft_texts(4, seed=0)
     assert all(t.endswith("<|endoftext|>") and "### MID: " in t for t in texts)
     m = task.metrics([rec, rec], [" " + rec["middle"] + ") junk", " (unclosed"], [1.0, 0.0])

@@ -16,7 +16,9 @@ and writes `` <middle>`` (one space, then the middle). The rules (docs/ludii.md,
   (:func:`bracket_trim`; like the authors' code it counts brackets inside strings too, and keeps
   the whole text when no such bracket comes); then ``prefix + middle + suffix`` is recomposed
   (:func:`recompose`). A recomposed text that is not a well-formed s-expression scores 0 without
-  reaching the engine.
+  reaching the engine, and so (progrl's rule, ``require_ludeme``) does a trimmed middle that is not
+  one bracketed form (:func:`is_ludeme`): otherwise deleting the masked ludeme - an empty middle -
+  is rewarded whenever the game compiles without it, and RL finds that.
 """
 
 from __future__ import annotations
@@ -135,6 +137,16 @@ def bracket_trim(sample: str) -> str:
 
 def recompose(prefix: str, middle: str, suffix: str) -> str:
     return prefix + middle + suffix
+
+
+def is_ludeme(middle: str) -> bool:
+    """Exactly one balanced ``( ... )`` or ``{ ... }`` form (whitespace around it allowed): what a
+    middle must be. An empty middle - the masked ludeme simply deleted - is not one."""
+    try:
+        items = sexpr.parse(middle)
+    except sexpr.SexprError:
+        return False
+    return len(items) == 1 and isinstance(items[0], sexpr.Node)
 
 
 def same_middle(generated: str, original: str) -> bool:

@@ -3,7 +3,9 @@
 Per sample: cut the generated middle at the first balancing bracket, recompose prefix + middle +
 suffix, and score the game:
 
-    malformed (brackets / strings)     0            (never reaches the engine)
+    malformed (brackets / strings,     0            (never reaches the engine)
+      or a middle that is not one
+      bracketed form, e.g. empty)
     does not compile                   0            (``not_compiled``)
     compiles, not playable             0.05         (``not_playable``: a playout raised, or < 2 turns)
     playable                           (balance^(1/3) + completion^(1/3) + drawishness^(1/3)) / 3
@@ -58,6 +60,11 @@ def score(j: Judgement, not_compiled: float = NOT_COMPILED, not_playable: float 
     return SampleFailure(r.verdict, r.message or r.verdict)
 
 
+def trimmed_middle(completion: str) -> str:
+    """The generated middle after the paper's trim (one leading space, the prompt's, removed)."""
+    return fim.bracket_trim(completion[1:] if completion.startswith(" ") else completion)
+
+
 def recompose_completions(prompts: Sequence[str], completions: Sequence[str], prefix: Sequence[str] | None = None,
                           suffix: Sequence[str] | None = None) -> list[str]:
     """The recomposed game of each sample: trimmed middle between its prefix and suffix (taken
@@ -68,15 +75,16 @@ def recompose_completions(prompts: Sequence[str], completions: Sequence[str], pr
             pre, suf = prefix[i], suffix[i]
         else:
             pre, suf = fim.parse_prompt(p)
-        middle = c[1:] if c.startswith(" ") else c
-        games.append(fim.recompose(pre, fim.bracket_trim(middle), suf))
+        games.append(fim.recompose(pre, trimmed_middle(c), suf))
     return games
 
 
-def judge_games(spec: EvaluatorSpec, games: Sequence[str]) -> list[Judgement]:
-    """Judge recomposed games: malformed ones at once, the rest by the evaluator in one batch."""
+def judge_games(spec: EvaluatorSpec, games: Sequence[str], middles: Sequence[str] | None = None) -> list[Judgement]:
+    """Judge recomposed games: malformed ones at once, the rest by the evaluator in one batch.
+    With ``middles``, a game whose middle is not one bracketed form is malformed too."""
     out: list[Judgement] = [MALFORMED] * len(games)
-    todo = [i for i, g in enumerate(games) if sexpr.is_well_formed(g)]
+    todo = [i for i, g in enumerate(games)
+            if sexpr.is_well_formed(g) and (middles is None or fim.is_ludeme(middles[i]))]
     if todo:
         for i, j in zip(todo, get_evaluator(spec).judge_many([games[i] for i in todo])):
             out[i] = j
@@ -89,23 +97,30 @@ class LudiiReward:
     progrl_batched = True
 
     def __init__(self, spec: EvaluatorSpec, not_compiled: float = NOT_COMPILED, not_playable: float = NOT_PLAYABLE,
-                 name: str = "ludii") -> None:
+                 name: str = "ludii", require_ludeme: bool = True) -> None:
         self.spec = spec
         self.not_compiled = not_compiled
         self.not_playable = not_playable
+        self.require_ludeme = require_ludeme
         self.__name__ = name
+
+    def judge(self, prompts: Sequence[str], completions: Sequence[str], prefix: Sequence[str] | None = None,
+              suffix: Sequence[str] | None = None) -> list[Judgement]:
+        games = recompose_completions(prompts, completions, prefix, suffix)
+        middles = [trimmed_middle(c) for c in completions] if self.require_ludeme else None
+        return judge_games(self.spec, games, middles)
 
     def __call__(self, prompts: list[str], completions: list[str], prefix: list[str] | None = None,
                  suffix: list[str] | None = None, **columns) -> list[float | SampleFailure]:
-        games = recompose_completions(prompts, completions, prefix, suffix)
-        return [score(j, self.not_compiled, self.not_playable) for j in judge_games(self.spec, games)]
+        return [score(j, self.not_compiled, self.not_playable) for j in self.judge(prompts, completions, prefix, suffix)]
 
 
 def engine_reward(prompts: list[str], completions: list[str], prefix: list[str] | None = None,
                   suffix: list[str] | None = None, *, jar: str | None = None, evaluator: str = "engine",
                   playouts: int = 100, max_turns: int = 500, budget_s: float = 5.0, kill_after_s: float | None = None,
                   workers: int = 2, xmx_mb: int = 1024, seed: int = 0, names_file: str | None = None,
-                  command: Sequence[str] | None = None, **columns) -> list[float | SampleFailure]:
+                  command: Sequence[str] | None = None, require_ludeme: bool = True,
+                  **columns) -> list[float | SampleFailure]:
     """The Ludii reward as a plain function for configs and `progrl score`, e.g.
 
         [[reward.functions]]
@@ -126,4 +141,4 @@ def engine_reward(prompts: list[str], completions: list[str], prefix: list[str] 
                               workers=workers, xmx_mb=xmx_mb, seed=seed)
     spec = EvaluatorSpec(kind=evaluator, jar=jar, engine=settings, names_file=names_file,  # type: ignore[arg-type]
                          command=tuple(command) if command is not None else None)
-    return LudiiReward(spec)(prompts, completions, prefix, suffix)
+    return LudiiReward(spec, require_ludeme=require_ludeme)(prompts, completions, prefix, suffix)

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from progrl.ludii import fim, library, toolchain
 from progrl.ludii.engine import EngineSettings
 from progrl.ludii.evaluators import EvaluatorSpec, get_evaluator, release
-from progrl.ludii.reward import NOT_COMPILED, NOT_PLAYABLE, LudiiReward, judge_games, recompose_completions, score
+from progrl.ludii.reward import NOT_COMPILED, NOT_PLAYABLE, LudiiReward, judge_games, score, trimmed_middle
 from progrl.rewards.failures import SampleFailure
 from progrl.tasks.base import Record, Task
 
@@ -67,6 +67,7 @@ class LudiiOptions(BaseModel):
     engine_seed: int = 0
     reward_not_compiled: float = NOT_COMPILED
     reward_not_playable: float = NOT_PLAYABLE
+    require_ludeme: bool = True  # a middle that is not one bracketed form (e.g. empty) is malformed: 0
 
 
 def _mean(xs) -> float:
@@ -342,16 +343,21 @@ class LudiiTask(Task):
     def reward_functions(self):
         self._load()
         assert self.spec is not None
-        return [(LudiiReward(self.spec, self.options.reward_not_compiled, self.options.reward_not_playable), 1.0)]
+        return [(self._reward(), 1.0)]
+
+    def _reward(self) -> LudiiReward:
+        assert self.spec is not None
+        o = self.options
+        return LudiiReward(self.spec, o.reward_not_compiled, o.reward_not_playable, require_ludeme=o.require_ludeme)
 
     def metrics(self, records, completions, rewards) -> dict[str, float]:
         assert self.spec is not None
         o = self.options
         prompts = [r["prompt"] for r in records]
-        games = recompose_completions(prompts, completions, [r["prefix"] for r in records],
+        # answered from the evaluator's cache after the reward's own call
+        judged = self._reward().judge(prompts, completions, [r["prefix"] for r in records],
                                       [r["suffix"] for r in records])
-        judged = judge_games(self.spec, games)  # answered from the evaluator's cache after the reward's call
-        middles = [fim.bracket_trim(c[1:] if c.startswith(" ") else c) for c in completions]
+        middles = [trimmed_middle(c) for c in completions]
         out = {"exact_middle_rate": _mean(fim.same_middle(m, r["middle"]) for m, r in zip(middles, records)),
                "malformed_rate": _mean(j.verdict == "malformed" for j in judged)}
         evaluated = [j for j in judged if j.verdict != "malformed"]
@@ -369,4 +375,5 @@ class LudiiTask(Task):
             out["proxy_valid_rate"] = _mean(j.proxy is not None and j.proxy.valid for j in judged)
             out["proxy_score"] = _mean(j.proxy.score if j.proxy is not None else 0.0 for j in judged)
         out["distinct_middles"] = len(set(middles)) / max(len(middles), 1)
+        out["empty_middle_rate"] = _mean(not m.strip() for m in middles)
         return out
