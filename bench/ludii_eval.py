@@ -7,7 +7,9 @@ the worker protocol over evaluating in the JVM itself.
 1. Throughput: a mix of cheap and slow games (our own test games, and with a jar also games of the
    jar's library read at run time: its shortest board games and a few slower ones), each evaluated
    with the paper's preset (100 random playouts, 500 turns, 5 s), cache off, 1 and 2 workers.
-2. Overhead per request: for each game, the wall time of one request seen from Python minus the
+2. Verdicts: our own games, deliberately broken variants of them and the library sample, with the
+   engine's statistics, the paper's reward and the times.
+3. Overhead per request: for each game, the wall time of one request seen from Python minus the
    time the JVM spent on the same evaluation (measured inside the worker around compile + playouts,
    no protocol), and the round trip of an empty request (ping).
 """
@@ -98,6 +100,37 @@ def overhead(jar: str | None, mix: list[tuple[str, str]], repeats: int) -> tuple
     return rows, statistics.median(pings)
 
 
+def verdicts(jar: str, mix: list[tuple[str, str]]) -> list[list[str]]:
+    """One row per game: verdict, reward, statistics, times (paper preset, 2 workers)."""
+    from progrl.ludii import sexpr
+    from progrl.ludii.reward import cube_root_mean
+
+    broken = [("broken: unknown ludeme (sqare)", ludii_games.UNKNOWN_LUDEME),
+              ("broken: no (players ...)", ludii_games.NO_PLAYERS),
+              ("broken: ends before a turn", ludii_games.ENDS_AT_ONCE),
+              ("broken: 400x400 board", ludii_games.HUGE_BOARD),
+              ("broken: unbalanced bracket", ludii_games.UNBALANCED)]
+    games = mix[:len(ludii_games.GOOD)] + [("own:with-define", ludii_games.WITH_DEFINE)] + broken + \
+        mix[len(ludii_games.GOOD):]
+    rows = []
+    with make_engine(jar, 2) as engine:
+        engine.wait_ready()
+        well = [g for _, g in games if sexpr.is_well_formed(g)]
+        results = iter(engine.evaluate_many(well))
+        for label, g in games:
+            if not sexpr.is_well_formed(g):
+                rows.append([label, "malformed (never sent)", "0", "-", "-", "-", "-", "-", "-", "-"])
+                continue
+            r = next(results)
+            reward = {"not_compiled": "0", "not_playable": "0.05"}.get(r.verdict, "0.01 (failure)")
+            if r.verdict == "playable":
+                reward = f"{cube_root_mean(r.balance, r.completion, r.drawishness):.3f}"
+            f = (lambda x: "-" if x is None else f"{x:.2f}")
+            rows.append([label, r.verdict + (f": {r.message[:60]}" if r.message else ""), reward, f(r.balance),
+                         f(r.completion), f(r.drawishness), f(r.mean_turns), f(r.compile_s), f(r.play_s), f(r.wall_s)])
+    return rows
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
@@ -118,6 +151,7 @@ def main() -> int:
     verdicts: list = []
     for w in (1, 2):
         speed[w], verdicts = throughput(jar, games, w, args.repeats)
+    verdict_rows = verdicts(jar, mix) if jar else []
     rows, ping = overhead(jar, mix, args.repeats)
     kinds = ", ".join(f"{v} {sum(r.verdict == v for r in verdicts)}" for v in sorted({r.verdict for r in verdicts}))
     what = (f"the Ludii jar ({Path(jar).name}, worker compiled against it)" if jar else
@@ -139,6 +173,11 @@ def main() -> int:
         _table(["workers", "games/s", "speed-up"],
                [[str(w), f"{speed[w]:.2f}", f"{speed[w] / speed[1]:.2f}x"] for w in (1, 2)]),
         "",
+        *(["**Verdicts and timings** through progrl's evaluator (2 workers, the paper's preset, cold cache): our own "
+            "games, deliberately broken variants, and the library sample. Seconds: compile and playouts measured in "
+            "the JVM, wall from Python (a killed request has no JVM times).", "",
+            _table(["game", "verdict", "reward", "balance", "completion", "drawishness", "mean turns", "compile s",
+                    "play s", "wall s"], verdict_rows), ""] if verdict_rows else []),
         "**Overhead of the pool over evaluating in the JVM**: one worker; per game the median over "
         f"{args.repeats} requests of the wall time seen from Python and of the time the JVM measured around the "
         f"same compile + playouts; the difference is what the protocol, JSON and process switches cost. An empty "

@@ -187,3 +187,8 @@ def test_a_middle_must_be_one_bracketed_form():
     assert fim.is_ludeme("(players 2)") and fim.is_ludeme(" {(a) (b)} ")
     assert not fim.is_ludeme("") and not fim.is_ludeme("   ")  # the masked ludeme deleted
     assert not fim.is_ludeme("(a) (b)") and not fim.is_ludeme("Orthogonal") and not fim.is_ludeme("(a")
+    assert not fim.is_ludeme("()") and not fim.is_ludeme("{}") and not fim.is_ludeme("((to))")  # deletion again
+    assert fim.is_ludeme("(to)") and fim.is_ludeme('{"A1" "B2"}') and fim.is_ludeme('("Win4")')  # a define call
+    for gid, text in GOOD.items():  # every middle the data offers is one
+        assert all(fim.is_ludeme(ex.middle) for ex in fim.make_examples(gid, text, per_game=50, min_chars=3,
+                                                                           max_chars=500))

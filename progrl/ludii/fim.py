@@ -17,8 +17,9 @@ and writes `` <middle>`` (one space, then the middle). The rules (docs/ludii.md,
   the whole text when no such bracket comes); then ``prefix + middle + suffix`` is recomposed
   (:func:`recompose`). A recomposed text that is not a well-formed s-expression scores 0 without
   reaching the engine, and so (progrl's rule, ``require_ludeme``) does a trimmed middle that is not
-  one bracketed form (:func:`is_ludeme`): otherwise deleting the masked ludeme - an empty middle -
-  is rewarded whenever the game compiles without it, and RL finds that.
+  one ludeme (:func:`is_ludeme`: ``(head ...)`` or a non-empty ``{...}``): otherwise deleting the
+  masked ludeme - an empty middle, or ``()`` - is rewarded whenever the game compiles without it,
+  and RL finds both (docs/results.md, "Ludii").
 """
 
 from __future__ import annotations
@@ -140,13 +141,20 @@ def recompose(prefix: str, middle: str, suffix: str) -> str:
 
 
 def is_ludeme(middle: str) -> bool:
-    """Exactly one balanced ``( ... )`` or ``{ ... }`` form (whitespace around it allowed): what a
-    middle must be. An empty middle - the masked ludeme simply deleted - is not one."""
+    """Exactly one balanced form (whitespace around it allowed) that says something: ``(head ...)``
+    with a ludeme name (or a define's quoted name) first, or a non-empty ``{ ... }``. Not a ludeme: the empty middle (the masked
+    ludeme deleted), ``()`` and ``{}`` (which Ludii accepts in optional slots, i.e. deletion again)."""
     try:
         items = sexpr.parse(middle)
     except sexpr.SexprError:
         return False
-    return len(items) == 1 and isinstance(items[0], sexpr.Node)
+    if len(items) != 1 or not isinstance(items[0], sexpr.Node):
+        return False
+    node = items[0]
+    if node.bracket == "{":
+        return bool(node.children)
+    first = node.children[0] if node.children else None  # a ludeme name, or a define's "Name"
+    return isinstance(first, sexpr.Token) and first.kind in ("atom", "string")
 
 
 def same_middle(generated: str, original: str) -> bool:
@@ -163,7 +171,7 @@ def candidate_spans(text: str, min_chars: int, max_chars: int) -> list[tuple[int
     out = []
     for g in games:
         for n in g.forms():
-            if n is g or n.bracket != "(":
+            if n is g or n.bracket != "(" or not n.children or not isinstance(n.children[0], sexpr.Token):
                 continue
             if min_chars <= n.end - n.start <= max_chars:
                 out.append((n.start, n.end))

@@ -27,6 +27,7 @@ from progrl.ludii import sexpr
 WEIGHTS = {"parses": 0.20, "game": 0.10, "players": 0.15, "equipment": 0.15, "rules": 0.10, "play": 0.10,
            "end": 0.10, "names": 0.10}
 _CONSTANT = re.compile(r"^[A-Z][A-Za-z]+$")  # Orthogonal, Mover, Each (not P1, not "strings")
+_LITERALS = frozenset({"True", "False", "Infinity", "Undefined"})  # values, not in the grammar's symbol list
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def validate(text: str, names: LudemeNames | None = None) -> Validation:
                     found += 1
                     known += n.head in names.ludemes
             for a in sexpr.atoms(x):
-                if _CONSTANT.match(a.text) and a.text not in ("True", "False"):
+                if _CONSTANT.match(a.text) and a.text not in _LITERALS:
                     found += 1
                     known += a.text in names.constants or a.text in names.ludemes
         checks["names"] = known / found if found else 1.0
