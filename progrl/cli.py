@@ -219,7 +219,7 @@ def cmd_train(args, sft_only: bool = False) -> int:
     if not dist.is_main:
         return 0
     before, after = summary["eval_before"], summary["eval_after"]
-    for key in ("accuracy", "mean_reward"):
+    for key in task.headline_metrics:
         if key in after:
             print(f"held-out {key}: before RL {before.get(key, float('nan')):.4f}  after RL {after[key]:.4f}")
     print(f"run directory: {run_dir}  ({summary['seconds']:.0f}s)")

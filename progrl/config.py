@@ -128,6 +128,7 @@ class SFTConfig(_Section):
     lr: float = Field(1e-3, gt=0.0)  # warm-start learning rate
     batch_size: int = Field(32, ge=1)  # warm-start sequences per optimiser step
     seed: int = 1  # data seed, separate from the RL prompts
+    completion_only: bool = False  # loss only after the task's response template (e.g. "### MID:")
 
 
 class EvalConfig(_Section):

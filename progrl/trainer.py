@@ -352,8 +352,12 @@ class Trainer:
         if not texts:
             return []
         t0 = time.time()
+        template = self.task.response_template if s.completion_only else None
+        if s.completion_only and not template:
+            raise ConfigError(f"config error: sft.completion_only: task {self.task.name!r} has no response template")
         losses = supervised_warm_start(self.policy.lm, self.tokenizer, texts, epochs=s.epochs, lr=s.lr,
-                                       batch_size=s.batch_size, seed=s.seed, device=self.device)
+                                       batch_size=s.batch_size, seed=s.seed, device=self.device,
+                                       completion_template=template)
         self.say(f"warm start: {len(texts)} examples, {s.epochs} epochs, loss {losses[0]:.3f} -> {losses[-1]:.3f} "
                  f"({time.time() - t0:.0f}s)")
         return losses

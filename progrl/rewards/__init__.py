@@ -23,6 +23,7 @@ _EXPORTS = {
     "RewardFailureError": "progrl.rewards.engine",
     "RewardSpecError": "progrl.rewards.spec",
     "RewardBackendError": "progrl.rewards.jobs",
+    "SampleFailure": "progrl.rewards.failures",
 }
 
 __all__ = [
@@ -35,12 +36,13 @@ __all__ = [
     "RewardFunctionConfig",
     "RewardResult",
     "RewardSpecError",
+    "SampleFailure",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     from progrl.rewards.config import RewardConfig, RewardFunctionConfig
     from progrl.rewards.engine import RewardEngine, RewardFailureError, RewardResult
-    from progrl.rewards.failures import FAILURE_KINDS, Outcome
+    from progrl.rewards.failures import FAILURE_KINDS, Outcome, SampleFailure
     from progrl.rewards.jobs import RewardBackendError
     from progrl.rewards.spec import RewardSpecError
 

@@ -45,6 +45,19 @@ def clean_message(message: str) -> str:
     return message
 
 
+class SampleFailure(NamedTuple):
+    """Returned by a reward function in place of a value: "this sample failed, of this kind".
+
+    For rewards that drive an engine of their own (e.g. the Ludii worker pool, which kills a
+    worker that runs past its time limit): the failure is counted under ``kind`` (one of
+    :data:`FAILURE_KINDS`; an unknown kind counts as ``error``) and replaced by the failure
+    policy's value, exactly like a failure the reward engine saw itself.
+    """
+
+    kind: str
+    message: str = ""
+
+
 def failure(kind: str, message: str) -> Outcome:
     """An :class:`Outcome` for a failure of ``kind`` (checked) with a message cut to size."""
     if kind not in FAILURE_KINDS:
@@ -110,6 +123,11 @@ def _classify_value(value: Any) -> Outcome:
     tp = type(value)
     if tp is float:
         return _from_float(value)
+    if tp is SampleFailure:
+        kind, message = value  # a tuple subclass: fields of any type, taken as data only
+        kind = kind if type(kind) is str and kind in FAILURE_KINDS else "error"
+        message = message if type(message) is str else safe_str(message)
+        return failure(kind, message or f"reported {kind!r}")
     if value is None:
         return Outcome(None, "none", "returned None")
     if tp is bool or tp.__name__ in ("bool_", "bool8"):

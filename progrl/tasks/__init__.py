@@ -34,6 +34,7 @@ TASKS: dict[str, str] = {
     "arithmetic-chain": "progrl.tasks.arithmetic:ArithmeticChainTask",
     "sentiment": "progrl.tasks.sentiment:SentimentTask",
     "dataset": "progrl.tasks.dataset:DatasetTask",
+    "ludii": "progrl.tasks.ludii:LudiiTask",
 }
 
 ENTRY_POINT_GROUP = "progrl.tasks"

@@ -24,6 +24,10 @@ class Task:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     Options: ClassVar[type[BaseModel]] = NoOptions
+    # held-out metrics `progrl train` prints before and after RL (those the task reports)
+    headline_metrics: ClassVar[tuple[str, ...]] = ("accuracy", "mean_reward")
+    # the text after which a supervised example's completion starts (sft.completion_only), if any
+    response_template: ClassVar[str | None] = None
 
     def __init__(self, options: BaseModel | None = None):
         self.options = options if options is not None else self.Options()
