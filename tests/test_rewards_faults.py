@@ -40,7 +40,10 @@ def check_fault(engine: RewardEngine, fault: str, batched: bool) -> None:
     t0 = time.monotonic()
     res = engine.score(["p"] * 4, COMPLETIONS, {"fault": ["ok", "ok", fault, "ok"]})
     wall = time.monotonic() - t0
-    assert wall < engine.cfg.timeout + 1.0, f"{fault}: scoring took {wall:.2f}s"
+    # bounded by the timeout (a hang would never end); killing a Ray actor takes longer than a
+    # process kill, more so on a loaded 2-core machine, hence its larger slack
+    slack = 4.0 if engine.cfg.backend == "ray" else 1.0
+    assert wall < engine.cfg.timeout + slack, f"{fault}: scoring took {wall:.2f}s"
     failed_value = None if kind and engine.policy[kind] == "skip" else engine.policy.get(kind)  # skip: one fn -> drop
     expected = [failed_value if (kind and i in guilty) else float(len(c)) for i, c in enumerate(COMPLETIONS)]
     assert res.rewards == expected, (fault, res.errors)
