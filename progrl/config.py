@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from progrl.expert_iteration import RAFTConfig
 from progrl.rewards.config import RewardConfig
 
 if sys.version_info >= (3, 11):
@@ -67,7 +68,7 @@ class RolloutConfig(_Section):
 class AlgoConfig(_Section):
     """The policy update: estimator, PPO clipping, bonuses, KL, optimiser."""
 
-    estimator: Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp"] = "gae"
+    estimator: Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "raft"] = "gae"
     epochs: int = Field(4, ge=1)  # passes over each batch
     minibatch_size: int = Field(32, ge=1)  # sequences per optimiser step
     grad_accum_steps: int = Field(1, ge=1)
@@ -93,6 +94,7 @@ class AlgoConfig(_Section):
     kl_horizon: float = Field(10000.0, gt=0.0)
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"
     kl_in: Literal["reward", "loss"] = "reward"
+    raft: RAFTConfig = RAFTConfig()  # which samples estimator "raft" trains on (progrl/expert_iteration.py)
 
     @property
     def uses_critic(self) -> bool:

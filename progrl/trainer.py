@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from progrl import checkpoint as ckpt
+from progrl import expert_iteration
 from progrl.advantages import compute_advantages, token_rewards
 from progrl.config import ConfigError, TrainConfig, config_to_dict
 from progrl.kl import make_kl_controller
@@ -155,6 +156,7 @@ class Trainer:
         from progrl.rewards import RewardEngine
 
         self.rewards = RewardEngine(cfg.reward, default_functions=task.reward_functions())
+        self.replay = expert_iteration.ReplayBuffer(a.raft.replay_capacity)  # RAFT's kept samples (replay > 0)
         self.tracker: Tracker | None = None
         self.step = 0
         self.state: dict = {}
@@ -246,13 +248,33 @@ class Trainer:
         in_reward = kl is not None and a.kl_in == "reward"
         rewards = token_rewards(scores, mask, kl if in_reward else None, beta)
 
-        # 4. advantages
-        advantages, returns = compute_advantages(a.estimator, rewards, mask, rollout.values, group_size=G,
-                                                 gamma=a.gamma, lam=a.lam, whiten=a.whiten_advantages)
+        # 4. advantages (RAFT: which samples to imitate)
+        keep, batch, batch_mask = None, rollout, mask
+        if a.estimator == "raft" or a.raft.coef:
+            keep = expert_iteration.select(raw, G, a.raft.min_reward, a.raft.top_k)
+        if a.estimator == "raft":
+            if a.raft.replay:  # train on this step's kept samples and on kept samples of earlier steps
+                old = self.replay.draw(a.raft.replay, step_generator(cfg.seed, step, torch.device("cpu"), salt=2))
+                rows = expert_iteration.kept_rows(rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
+                                                  rollout.response_mask, keep)
+                self.replay.add(rows)
+                batch, batch_mask = self.imitation_batch(rows + old)
+                if self.reference is not None:
+                    with torch.no_grad():
+                        ref_logprobs = forward_response(self.reference, batch.input_ids, batch.attention_mask,
+                                                        batch.prompt_ids.shape[1], r.temperature)[1]
+                advantages, returns = batch_mask, None
+            else:
+                advantages, returns = keep.float().unsqueeze(-1) * mask, None
+        else:
+            advantages, returns = compute_advantages(a.estimator, rewards, mask, rollout.values, group_size=G,
+                                                     gamma=a.gamma, lam=a.lam, whiten=a.whiten_advantages)
 
         # 5. update: epochs x minibatches, reusing the rollout's log-probs and values as "old"
-        stats = self.update(rollout, mask, advantages, returns, ref_logprobs, beta, step)
+        stats = self.update(batch, batch_mask, advantages, returns, ref_logprobs, beta, step, keep=keep)
         timings["time_update"] = time.time() - t0
+        if keep is not None:
+            stats["kept_fraction"] = float(keep.float().mean())
 
         if kl is not None:
             seq_kl = float((kl.sum(-1)).mean())
@@ -282,9 +304,26 @@ class Trainer:
                  for i in range(0, len(prompts), max(1, len(prompts) // max(n_show, 1)))][:n_show]
         return metrics, shown
 
-    def update(self, rollout: Rollout, mask, advantages, returns, ref_logprobs, beta: float, step: int) -> dict:
+    def imitation_batch(self, rows: list) -> tuple[Rollout, torch.Tensor]:
+        """RAFT's training rows (prompt and response token lists) as a padded rollout and its mask."""
+        pad = self.sampling.pad_id
+        if not rows:  # nothing kept yet: an empty update
+            rows = [([pad], [pad])]
+            empty = True
+        else:
+            empty = False
+        p_ids, p_mask, r_ids, r_mask = expert_iteration.ReplayBuffer.batch(rows, pad, self.device)
+        batch = Rollout(prompt_ids=p_ids, prompt_mask=p_mask, response_ids=r_ids, response_mask=r_mask,
+                        logprobs=torch.zeros(r_ids.shape, device=self.device), values=None)
+        return batch, r_mask.float() * (0.0 if empty else 1.0)
+
+    def update(self, rollout: Rollout, mask, advantages, returns, ref_logprobs, beta: float, step: int,
+               keep: torch.Tensor | None = None) -> dict:
         a = self.cfg.algo
-        n = mask.shape[0]
+        raft = a.estimator == "raft"
+        # RAFT trains on the kept samples only (their advantage is 1); the others cost nothing
+        rows = torch.nonzero(advantages.amax(-1) > 0).squeeze(-1) if raft else torch.arange(mask.shape[0])
+        n = len(rows)
         P = rollout.prompt_ids.shape[1]
         # Dr. GRPO's constant normaliser is the generation budget, not this batch's padded
         # width (sampling stops early once every response has ended).
@@ -295,7 +334,7 @@ class Trainer:
         count = 0
         grad_norms = []
         for _epoch in range(a.epochs):
-            order = torch.randperm(n, generator=g).to(self.device)
+            order = rows[torch.randperm(n, generator=g)].to(self.device)
             minibatches = [order[i:i + a.minibatch_size] for i in range(0, n, a.minibatch_size)]
             for k, idx in enumerate(minibatches):
                 m = mask[idx]
@@ -303,10 +342,18 @@ class Trainer:
                     continue
                 logits, logprobs, values = forward_response(self.policy, input_ids[idx], attention[idx], P,
                                                             self.cfg.rollout.temperature)
-                pg_loss, pg_stats = policy_loss(logprobs, rollout.logprobs[idx], advantages[idx], m, a.clip_range,
-                                                a.loss_agg, a.clip_range_high, max_len=max_len)
+                if raft:
+                    pg_loss, pg_stats = expert_iteration.raft_loss(logprobs, m)
+                else:
+                    pg_loss, pg_stats = policy_loss(logprobs, rollout.logprobs[idx], advantages[idx], m,
+                                                    a.clip_range, a.loss_agg, a.clip_range_high, max_len=max_len)
                 loss = pg_loss
                 st = {"pg_loss": float(pg_loss.detach()), **{k2: float(v) for k2, v in pg_stats.items()}}
+                if keep is not None and not raft and a.raft.coef:  # RAFT's imitation term beside the estimator's
+                    kept = keep[idx].to(m.dtype).unsqueeze(-1)
+                    imitation, _ = expert_iteration.raft_loss(logprobs, m * kept)
+                    loss = loss + a.raft.coef * imitation
+                    st["raft_nll"] = float(imitation.detach())
                 if values is not None:
                     vf_loss, vf_stats = value_loss(values, rollout.values[idx], returns[idx], m, a.clip_range_value)
                     loss = loss + a.vf_coef * vf_loss
@@ -348,6 +395,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run
     def save(self, step: int) -> None:
+        if self.cfg.algo.estimator == "raft" and self.cfg.algo.raft.replay:
+            self.state["raft_replay"] = self.replay.state_dict()
         ckpt.save_checkpoint(self.run_dir, step, policy=self.policy, optimizer=self.optimizer,
                              scheduler=self.scheduler, kl_controller=self.kl_ctl, state=self.state,
                              keep=self.cfg.log.keep_checkpoints)
@@ -356,6 +405,8 @@ class Trainer:
         self.state = ckpt.load_checkpoint(path, policy=self.policy, optimizer=self.optimizer,
                                           scheduler=self.scheduler, kl_controller=self.kl_ctl)
         self.step = int(self.state["step"])
+        if "raft_replay" in self.state:
+            self.replay.load_state_dict(self.state["raft_replay"])
         if self.cfg.algo.uses_reference:
             self.reference = self.make_reference(initial_state=self.run_dir / "checkpoints" / "reference.pt")
 
