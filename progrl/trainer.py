@@ -269,9 +269,16 @@ class Trainer:
         else:
             advantages, returns = compute_advantages(a.estimator, rewards, mask, rollout.values, group_size=G,
                                                      gamma=a.gamma, lam=a.lam, whiten=a.whiten_advantages)
+        replayed = None
+        if a.estimator != "raft" and a.raft.coef and a.raft.replay:  # the imitation term's earlier samples
+            old = self.replay.draw(a.raft.replay, step_generator(cfg.seed, step, torch.device("cpu"), salt=2))
+            self.replay.add(expert_iteration.kept_rows(rollout.prompt_ids, rollout.prompt_mask,
+                                                       rollout.response_ids, rollout.response_mask, keep))
+            replayed = self.imitation_batch(old)[0] if old else None
 
         # 5. update: epochs x minibatches, reusing the rollout's log-probs and values as "old"
-        stats = self.update(batch, batch_mask, advantages, returns, ref_logprobs, beta, step, keep=keep)
+        stats = self.update(batch, batch_mask, advantages, returns, ref_logprobs, beta, step, keep=keep,
+                            replayed=replayed)
         timings["time_update"] = time.time() - t0
         if keep is not None:
             stats["kept_fraction"] = float(keep.float().mean())
@@ -318,7 +325,7 @@ class Trainer:
         return batch, r_mask.float() * (0.0 if empty else 1.0)
 
     def update(self, rollout: Rollout, mask, advantages, returns, ref_logprobs, beta: float, step: int,
-               keep: torch.Tensor | None = None) -> dict:
+               keep: torch.Tensor | None = None, replayed: Rollout | None = None) -> dict:
         a = self.cfg.algo
         raft = a.estimator == "raft"
         # RAFT trains on the kept samples only (their advantage is 1); the others cost nothing
@@ -336,6 +343,9 @@ class Trainer:
         for _epoch in range(a.epochs):
             order = rows[torch.randperm(n, generator=g)].to(self.device)
             minibatches = [order[i:i + a.minibatch_size] for i in range(0, n, a.minibatch_size)]
+            if replayed is not None:  # spread the replayed rows over this epoch's minibatches
+                r_order = torch.randperm(replayed.response_ids.shape[0], generator=g).to(self.device)
+                replay_chunks = [c for c in r_order.tensor_split(len(minibatches)) if len(c)]
             for k, idx in enumerate(minibatches):
                 m = mask[idx]
                 if m.sum() == 0:
@@ -350,8 +360,17 @@ class Trainer:
                 loss = pg_loss
                 st = {"pg_loss": float(pg_loss.detach()), **{k2: float(v) for k2, v in pg_stats.items()}}
                 if keep is not None and not raft and a.raft.coef:  # RAFT's imitation term beside the estimator's
-                    kept = keep[idx].to(m.dtype).unsqueeze(-1)
-                    imitation, _ = expert_iteration.raft_loss(logprobs, m * kept)
+                    lps, ms = [logprobs], [m * keep[idx].to(m.dtype).unsqueeze(-1)]
+                    if replayed is not None and k < len(replay_chunks):  # kept samples of earlier steps
+                        ridx = replay_chunks[k]
+                        lps.append(forward_response(self.policy, replayed.input_ids[ridx],
+                                                    replayed.attention_mask[ridx], replayed.prompt_ids.shape[1],
+                                                    self.cfg.rollout.temperature)[1])
+                        ms.append(replayed.response_mask[ridx].to(m.dtype))
+                    width = max(x.shape[1] for x in lps)
+                    imitation, _ = expert_iteration.raft_loss(
+                        torch.cat([torch.nn.functional.pad(x, (0, width - x.shape[1])) for x in lps]),
+                        torch.cat([torch.nn.functional.pad(x, (0, width - x.shape[1])) for x in ms]))
                     loss = loss + a.raft.coef * imitation
                     st["raft_nll"] = float(imitation.detach())
                 if values is not None:
@@ -395,7 +414,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the run
     def save(self, step: int) -> None:
-        if self.cfg.algo.estimator == "raft" and self.cfg.algo.raft.replay:
+        if self.cfg.algo.raft.replay and (self.cfg.algo.estimator == "raft" or self.cfg.algo.raft.coef):
             self.state["raft_replay"] = self.replay.state_dict()
         ckpt.save_checkpoint(self.run_dir, step, policy=self.policy, optimizer=self.optimizer,
                              scheduler=self.scheduler, kl_controller=self.kl_ctl, state=self.state,

@@ -153,3 +153,17 @@ def test_raft_replay_trains_on_earlier_kept_samples_and_resumes(tmp_path, monkey
     rows_full = [r for r in read_jsonl(full / "metrics.jsonl") if r["phase"] == "train"]
     rows_cut = [r for r in read_jsonl(cut / "metrics.jsonl") if r["phase"] == "train"]
     assert [r["nll"] for r in rows_full] == [r["nll"] for r in rows_cut]
+
+
+def test_imitation_term_beside_ppo_with_replay(tmp_path):
+    """`raft.coef` adds the likelihood of kept samples (this step's and replayed ones) to PPO's loss."""
+    task = get_task("arithmetic")
+    base = [kv for kv in TINY if not kv.startswith("algo.estimator")]
+    cfg = build_config(task.defaults(), {}, [*base, "algo.raft.min_reward=0.0", "algo.raft.coef=1.0",
+                                             "algo.raft.replay=4"], {"steps": 2})
+    tr = Trainer(cfg, task, tmp_path / "run")
+    assert tr.policy.value_head is not None  # still PPO with its critic
+    tr.train()
+    rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["phase"] == "train"]
+    assert all(r["kept_fraction"] == 1.0 and r["raft_nll"] > 0 and "vf_loss" in r for r in rows)
+    assert len(tr.replay) == 32  # every sample of both steps was kept and stored
