@@ -31,6 +31,11 @@ class ArithmeticOptions(BaseModel):
     reward_scale_final: float | None = Field(None, gt=0.0)  # anneal the scale geometrically to this...
     anneal_steps: int = Field(0, ge=0)  # ...over this many RL steps (a curriculum from coarse to exact)
     exact_bonus: float = Field(0.0, ge=0.0)  # added when the error is exactly 0
+    # A curriculum on expression length for TRAINING prompts only (held-out prompts always use
+    # max_chars): the length limit rises linearly from curriculum_start_chars to max_chars over
+    # curriculum_steps RL steps. Scheduled by step, so it needs no held-out data.
+    curriculum_start_chars: int | None = Field(None, ge=3, le=40)
+    curriculum_steps: int = Field(0, ge=0)
 
 
 PAPER_SCALE = 10.0
@@ -45,6 +50,15 @@ def scale_at(opts: ArithmeticOptions, step: int) -> float:
     return opts.reward_scale * (opts.reward_scale_final / opts.reward_scale) ** frac
 
 
+def chars_at(opts: ArithmeticOptions, step: int) -> int:
+    """The training prompts' length limit at RL step ``step`` (the curriculum, then max_chars)."""
+    start = opts.curriculum_start_chars
+    if start is None or opts.curriculum_steps == 0 or start >= opts.max_chars:
+        return opts.max_chars
+    frac = min(1.0, max(0, step - 1) / opts.curriculum_steps)
+    return int(round(start + (opts.max_chars - start) * frac))
+
+
 def task_reward(prompts: list[str], completions: list[str], reward_scale: list[float] | None = None,
                 exact_bonus: list[float] | None = None, **columns) -> list[float]:
     """The paper's reward with the per-sample scale and exact bonus carried in record columns."""
@@ -55,8 +69,8 @@ def task_reward(prompts: list[str], completions: list[str], reward_scale: list[f
             for p, c, s, b in zip(prompts, completions, scales, bonuses)]
 
 
-def _expressions(n: int, rng: random.Random, opts: ArithmeticOptions) -> list[str]:
-    return [core.generate_expression(rng, ops=opts.ops, max_chars=opts.max_chars,
+def _expressions(n: int, rng: random.Random, opts: ArithmeticOptions, max_chars: int | None = None) -> list[str]:
+    return [core.generate_expression(rng, ops=opts.ops, max_chars=max_chars or opts.max_chars,
                                      max_operand=opts.max_operand, max_value=opts.max_value)
             for _ in range(n)]
 
@@ -95,7 +109,7 @@ class ArithmeticTask(Task):
         rng = random.Random(f"{self.name}-train-{seed}-{step}")
         scale = scale_at(self.options, step)
         return [{**self.example(e), "reward_scale": scale, "exact_bonus": self.options.exact_bonus}
-                for e in _expressions(n, rng, self.options)]
+                for e in _expressions(n, rng, self.options, chars_at(self.options, step))]
 
     def eval_records(self, n: int, seed: int) -> list[Record]:
         rng = random.Random(f"{self.name}-eval-{seed}")
