@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from progrl.expert_iteration import RAFTConfig
+from progrl.prompt_replay import RetryConfig
 from progrl.rewards.config import RewardConfig
 
 if sys.version_info >= (3, 11):
@@ -63,6 +64,7 @@ class RolloutConfig(_Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop_tokens: list[str] = []  # token strings that end a response (the EOS token always does)
     banned_tokens: list[str] = []  # token strings never sampled
+    retry: RetryConfig = RetryConfig()  # retry prompts that failed (progrl/prompt_replay.py); off by default
 
 
 class AlgoConfig(_Section):

@@ -31,6 +31,7 @@ from progrl.kl import make_kl_controller
 from progrl.losses import (aggregate, batch_entropy, explained_variance, kl_penalty, masked_mean, policy_loss,
                            token_entropy, value_loss)
 from progrl.policy import Policy, Reference
+from progrl.prompt_replay import RetryQueue
 from progrl.rollout import Rollout, SamplingParams, forward_response, left_pad, sample
 from progrl.sft import supervised_warm_start
 from progrl.tasks.base import Task
@@ -157,6 +158,7 @@ class Trainer:
 
         self.rewards = RewardEngine(cfg.reward, default_functions=task.reward_functions())
         self.replay = expert_iteration.ReplayBuffer(a.raft.replay_capacity)  # RAFT's kept samples (replay > 0)
+        self.retry = RetryQueue(r.retry)  # failed prompts to ask again (rollout.retry.fraction > 0)
         self.tracker: Tracker | None = None
         self.step = 0
         self.state: dict = {}
@@ -220,7 +222,10 @@ class Trainer:
 
         # 1. rollout: G samples for each prompt, contiguous groups
         t0 = time.time()
-        records = [rec for rec in self.task.train_records(r.batch_size, cfg.seed, step) for _ in range(G)]
+        retried, tries = self.retry.take(r.batch_size)  # failed prompts of earlier steps first (retry on)
+        fresh = self.task.train_records(r.batch_size - len(retried), cfg.seed, step) if len(retried) < r.batch_size else []
+        step_records = retried + fresh
+        records = [rec for rec in step_records for _ in range(G)]
         prompts = [rec["prompt"] for rec in records]
         rollout = self.generate(prompts, step_generator(cfg.seed, step, self.device))
         completions = self.decode(rollout)
@@ -233,6 +238,8 @@ class Trainer:
         raw = torch.tensor([math.nan if x is None else float(x) for x in result.rewards], device=self.device)
         dropped = torch.isnan(raw)
         scores = fill_dropped(raw, G)
+        best = [None if torch.isnan(g).all() else float(g[~torch.isnan(g)].max()) for g in raw.view(-1, G)]
+        self.retry.report(step_records, tries + [0] * len(fresh), best)
         mask = mask * (~dropped).float().unsqueeze(-1)
         timings["time_reward"] = time.time() - t0
 
@@ -299,6 +306,7 @@ class Trainer:
             "reward_max": float(valid.max()) if len(valid) else math.nan,
             "response_len": float(rollout.response_mask.float().sum(-1).mean()),
             "dropped": int(dropped.sum()),
+            **({"retried": len(retried), "retry_queue": len(self.retry)} if r.retry.fraction else {}),
             **{f"fail_{k}": v for k, v in result.failures.items()},
             **stats,
             "lr": self.scheduler.get_last_lr()[0],
@@ -416,6 +424,8 @@ class Trainer:
     def save(self, step: int) -> None:
         if self.cfg.algo.raft.replay and (self.cfg.algo.estimator == "raft" or self.cfg.algo.raft.coef):
             self.state["raft_replay"] = self.replay.state_dict()
+        if self.cfg.rollout.retry.fraction:
+            self.state["retry_queue"] = self.retry.state_dict()
         ckpt.save_checkpoint(self.run_dir, step, policy=self.policy, optimizer=self.optimizer,
                              scheduler=self.scheduler, kl_controller=self.kl_ctl, state=self.state,
                              keep=self.cfg.log.keep_checkpoints)
@@ -426,6 +436,8 @@ class Trainer:
         self.step = int(self.state["step"])
         if "raft_replay" in self.state:
             self.replay.load_state_dict(self.state["raft_replay"])
+        if "retry_queue" in self.state:
+            self.retry.load_state_dict(self.state["retry_queue"])
         if self.cfg.algo.uses_reference:
             self.reference = self.make_reference(initial_state=self.run_dir / "checkpoints" / "reference.pt")
 
