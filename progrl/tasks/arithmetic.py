@@ -134,8 +134,17 @@ class ArithmeticChainTask(ArithmeticTask):
     summary = "write the whole worked chain after 'expr='; the paper's full step-checking reward"
 
     def defaults(self) -> dict:
+        """The whole-chain job: the one-token task's model and warm start, then critic-free RLOO
+        (4 samples of each of 32 prompts) at lr 1e-4 on the paper's own reward (scale 10, partial
+        credit for every step) and no entropy bonus. The one-token task's training shaping (scale
+        1, batch entropy 0.1, lr 3e-4, PPO) destroyed this task's warm start within 6 steps:
+        docs/results.md, "Learning arithmetic fully"."""
         d = super().defaults()
-        d["rollout"] = {"max_new_tokens": 24, "banned_tokens": [core.PAD, core.BOS, core.UNK]}
+        d["rollout"] = {"batch_size": 32, "num_generations": 4, "max_new_tokens": 24,
+                        "banned_tokens": [core.PAD, core.BOS, core.UNK]}
+        d["algo"] = {"estimator": "rloo", "epochs": 4, "minibatch_size": 64, "lr": 1e-4, "whiten_advantages": False,
+                     "batch_entropy_coef": 0.0, "entropy_coef": 0.0, "kl_coef": 0.0}
+        d["task_options"] = {"reward_scale": PAPER_SCALE}
         return d
 
     def example(self, expr: str) -> Record:
