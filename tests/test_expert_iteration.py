@@ -51,7 +51,8 @@ def test_raft_loss_is_token_mean_nll():
 TINY = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "sft.examples=16", "sft.epochs=1",
         "rollout.batch_size=8", "rollout.num_generations=2", "algo.minibatch_size=4", "algo.epochs=1",
         "eval.n_prompts=8", "log.progress=false", "log.tensorboard=false", "log.plot=false",
-        "log.checkpoint_every=0", "algo.lr=1e-2", "threads=1", "algo.estimator=\"raft\""]
+        "log.checkpoint_every=0", "algo.lr=1e-2", "threads=1", "algo.estimator=\"raft\"", "algo.raft.replay=0",
+        "algo.raft.coef=0.0"]
 
 
 def test_raft_trains_only_on_kept_samples(tmp_path, monkeypatch):
