@@ -21,7 +21,7 @@ from progrl.tracking import read_jsonl
 # one torch thread: as fast as two for this small model, and immune to oversubscribed cores
 QUIET = ["--set", "log.progress=false", "--set", "log.tensorboard=false", "--set", "log.plot=false",
          "--set", "log.checkpoint_every=0", "--set", "threads=1"]
-STEPS = {"arithmetic": 24, "arithmetic-chain": 12}
+STEPS = {"arithmetic": 12, "arithmetic-chain": 12}
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +43,9 @@ def test_default_job_does_not_fall_below_its_warm_start(task, warm_start, tmp_pa
     before, after = evals[0], evals[-1]
     assert after["mean_reward"] >= before["mean_reward"] - 0.03, (before, after)
     assert after["accuracy"] >= before["accuracy"] - 0.03, (before, after)
-    # no collapse to noise: the sampled answers stay far from uniform over the vocabulary
+    # no collapse to noise: the sampled tokens stay far from uniform over the vocabulary (the old
+    # chain default was at 0.87 x log V by step 12; a healthy one-token run stays below 0.5 x)
     uniform = math.log(len(core.build_tokenizer()))
     entropy = [r["entropy"] for r in train if "entropy" in r]
-    assert max(entropy[-3:]) < 0.25 * uniform, entropy
+    assert max(entropy[-3:]) < 0.6 * uniform, entropy
     assert after["distinct_answers"] > 1  # and not one answer for every prompt
