@@ -102,7 +102,8 @@ def run(model_name: str, batch_sizes: list[int], new_tokens: int, repeats: int, 
 
 def breakdown(lm, tok, task, b: int, new_tokens: int, repeats: int) -> dict:
     """Where sampling time goes at batch ``b``: one ``torch.multinomial`` call over the whole
-    vocabulary (paid once per new token, by progrl and by ``generate``) vs inverse-CDF sampling,
+    vocabulary (paid once per new token by ``generate``) vs inverse-CDF sampling from float64
+    uniforms (what progrl's sampler does),
     and the prompt pass with logits at every position vs the last one only (what progrl and ``generate`` run)."""
     prompts = [r["prompt"] for r in task.train_records(b, seed=0, step=1)]
     ids, mask = left_pad([tok(p)["input_ids"] for p in prompts], tok.pad_token_id)
@@ -165,15 +166,15 @@ def render(rows: list[dict], model_name: str, new_tokens: int, repeats: int, thr
         f"tokens), medians: the prompt pass with logits at every prompt position "
         f"{bd['prefill_all'] * 1000:.0f} ms vs the last position only (`logits_to_keep=1`, what both progrl and "
         f"`generate` run) {bd['prefill_last'] * 1000:.0f} ms; one `torch.multinomial` draw over the vocabulary "
-        f"{bd['multinomial'] * 1000:.1f} ms, paid once per new token by both ({n} x = "
+        f"{bd['multinomial'] * 1000:.1f} ms, paid once per new token by `generate` ({n} x = "
         f"{n * bd['multinomial']:.2f} s, {n * bd['multinomial'] / total:.0%} of `generate`'s time), vs "
-        f"{bd['inverse_cdf'] * 1000:.1f} ms for inverse-CDF sampling (cumsum + searchsorted). The rest is the "
-        "135M-parameter forward passes, the same in both.",
+        f"{bd['inverse_cdf'] * 1000:.1f} ms for progrl's inverse-CDF draw (a float64 cumulative sum and "
+        "`searchsorted` on one float64 uniform per sequence). The rest is the 135M-parameter forward passes, "
+        "the same in both.",
         "",
-        verdict(by, batches) + " Inverse-CDF "
-        "sampling would make both faster at large vocabularies and batches, but it changes every seeded sample "
-        "stream, and on the sentiment task sampling is ~15% of a training step (~6 s of ~35 s in the default "
-        "run; the PPO update dominates), so it was left out.",
+        verdict(by, batches) + " progrl draws by inverse CDF from a row of uniforms per sequence so that a "
+        "sequence's tokens do not depend on the batch or process it is sampled in (several processes sample what "
+        "one samples; docs/decisions.md); that it is also faster is a side effect.",
         "",
     ]
     return "\n".join(lines)

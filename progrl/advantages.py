@@ -76,39 +76,81 @@ def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0)
     return out * mask
 
 
-def group_baseline(returns: torch.Tensor, group_size: int, estimator: str, eps: float = 1e-4) -> torch.Tensor:
+def group_baseline(returns: torch.Tensor, group_size: int, estimator: str, eps: float = 1e-4,
+                   valid: torch.Tensor | None = None) -> torch.Tensor:
     """Sequence advantages of the group estimators from sequence returns ``(B,)``.
 
-    A group whose rewards are all identical gets advantage 0 for every member.
+    ``valid`` (``(B,)`` bool, default all true) marks the samples that have a reward; a
+    dropped sample gets advantage 0 and is left out of its group's statistics, so a group
+    with ``k`` valid members of ``G`` is treated as a group of ``k`` (TRL 1.16's
+    ``GRPOTrainer`` / ``RLOOTrainer`` do the same with NaN rewards):
+
+    - ``grpo``: ``(R_i - mean_k) / (std_k + eps)``, ``std_k`` the unbiased std of the ``k``;
+    - ``dr_grpo``: ``R_i - mean_k``;
+    - ``rloo``: ``R_i - (sum_k - R_i) / (k - 1)`` (the mean of the other valid members).
+
+    A group whose valid rewards are all identical, or that has fewer than two valid
+    members, carries no signal: every member gets advantage 0.
     """
     if returns.shape[0] % group_size != 0:
         raise ValueError(f"batch of {returns.shape[0]} is not a whole number of groups of {group_size}")
-    r = returns.view(-1, group_size)
-    mean = r.mean(-1, keepdim=True)
-    if estimator == "grpo":
-        std = r.std(-1, keepdim=True, unbiased=True) if group_size > 1 else torch.zeros_like(mean)
-        adv = torch.where(std > 0, (r - mean) / (std + eps), torch.zeros_like(r))
-    elif estimator == "dr_grpo":
-        adv = r - mean
-    elif estimator == "rloo":
-        if group_size < 2:
-            raise ValueError("rloo needs num_generations >= 2")
-        adv = (r - mean) * group_size / (group_size - 1)
-    else:
+    if estimator not in ("grpo", "dr_grpo", "rloo"):
         raise ValueError(f"{estimator!r} is not a group estimator")
+    if estimator == "rloo" and group_size < 2:
+        raise ValueError("rloo needs num_generations >= 2")
+    if valid is None:
+        valid = torch.ones_like(returns, dtype=torch.bool)
+    v = valid.to(torch.bool).view(-1, group_size)
+    vf = v.to(returns.dtype)
+    r = torch.where(v, returns.view(-1, group_size), torch.zeros_like(vf))
+    k = vf.sum(-1, keepdim=True)
+    mean = r.sum(-1, keepdim=True) / k.clamp(min=1)
+    centred = (r - mean) * vf
+    if estimator == "grpo":
+        std = (centred.pow(2).sum(-1, keepdim=True) / (k - 1).clamp(min=1)).sqrt()
+        adv = centred / (std + eps)
+        adv = torch.where(std > 0, adv, torch.zeros_like(adv))
+    elif estimator == "dr_grpo":
+        adv = centred
+    else:  # rloo: R_i - (sum - R_i) / (k - 1) = k / (k - 1) * (R_i - mean)
+        adv = centred * k / (k - 1).clamp(min=1)
+    adv = torch.where(v & (k >= 2), adv, torch.zeros_like(adv))
     return adv.reshape(-1)
+
+
+WHITEN_BY_DEFAULT = {"gae": True, "grpo": False, "dr_grpo": False, "rloo": False, "reinforce_pp": False}
+
+
+def default_whiten(estimator: str) -> bool:
+    """Whether ``estimator`` whitens its advantages over the batch by definition: classic PPO
+    (``gae``) does; GRPO, Dr. GRPO and RLOO do not (their papers and TRL leave their group
+    advantages as they are); ``reinforce_pp`` *is* a batch normalisation, so the switch does
+    not apply to it. ``algo.whiten_advantages`` unset (``None``) means this."""
+    if estimator not in WHITEN_BY_DEFAULT:
+        raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
+    return WHITEN_BY_DEFAULT[estimator]
 
 
 def compute_advantages(estimator: str, rewards: torch.Tensor, mask: torch.Tensor,
                        values: torch.Tensor | None = None, *, group_size: int = 1, gamma: float = 1.0,
-                       lam: float = 0.95, whiten: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       lam: float = 0.95, whiten: bool | None = None,
+                       valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Dispatch to one estimator; returns ``(advantages (B, T), returns (B, T) or None)``.
 
     ``returns`` is the value-function target and exists only for ``gae``. ``whiten``
-    additionally normalises the token advantages over the batch (always on for
-    ``reinforce_pp``, where it is the estimator's definition).
+    additionally normalises the token advantages over the batch; ``None`` (the default)
+    means the estimator's own definition (:func:`default_whiten`: on for ``gae`` only). It
+    never applies to ``reinforce_pp``, whose definition already is a batch normalisation.
+
+    ``valid`` (``(B,)`` bool) marks the samples that have a reward; dropped samples get
+    advantage 0, stay out of the group statistics (:func:`group_baseline`) and, as their
+    ``mask`` rows must be zero, out of the whitening and the batch normalisation too.
     """
     maskf = mask.to(rewards.dtype)
+    if valid is not None:
+        maskf = maskf * valid.to(rewards.dtype).unsqueeze(-1)
+    if whiten is None:
+        whiten = default_whiten(estimator) if estimator in WHITEN_BY_DEFAULT else False
     returns = None
     if estimator == "gae":
         if values is None:
@@ -117,8 +159,8 @@ def compute_advantages(estimator: str, rewards: torch.Tensor, mask: torch.Tensor
     elif estimator == "reinforce_pp":
         advantages = masked_whiten(returns_to_go(rewards, maskf, gamma), maskf)
     elif estimator in ("grpo", "dr_grpo", "rloo"):
-        seq_return = (rewards * maskf).sum(-1)
-        advantages = group_baseline(seq_return, group_size, estimator).unsqueeze(-1) * maskf
+        seq_return = (rewards * mask.to(rewards.dtype)).sum(-1)
+        advantages = group_baseline(seq_return, group_size, estimator, valid=valid).unsqueeze(-1) * maskf
     else:
         raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
     if whiten and estimator != "reinforce_pp":

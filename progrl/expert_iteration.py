@@ -40,7 +40,7 @@ class RAFTConfig(BaseModel):
     # uniformly from a first-in-first-out buffer of the last `replay_capacity` kept samples
     # (ReST's growing dataset of filtered samples; 0: only this step's samples)
     replay: int = Field(0, ge=0)
-    replay_capacity: int = Field(16384, ge=1)
+    replay_capacity: int = Field(16384, ge=1)  # kept samples the replay buffer holds (first in, first out)
 
 
 def select(scores: torch.Tensor, group_size: int = 1, min_reward: float | None = None,

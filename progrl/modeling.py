@@ -80,8 +80,9 @@ def _one_line(text: Any) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0].strip() if text else ""
+    """The exception's message as one line (its lines joined, so a sentence broken over lines
+    stays whole), at most ~300 characters."""
+    line = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
     if len(line) > 300:
         line = line[:297] + "..."
     return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
@@ -247,7 +248,12 @@ def resolve_model_source(name: str) -> ModelSource:
                 raise ModelLoadError(
                     f"model folder {path} holds {len(ggufs)} .gguf files ({', '.join(ggufs[:4])}...): pass one of them"
                 )
-            # no config.json, no gguf: let transformers say what is missing (e.g. adapter folders)
+            if not os.path.isfile(os.path.join(path, "adapter_config.json")):
+                raise ModelLoadError(
+                    f"model folder {path} holds no model: expected a saved Hugging Face model (config.json, "
+                    f"weights, tokenizer files), a PEFT adapter (adapter_config.json) or one .gguf file"
+                )
+            # an adapter folder: let transformers / peft say what else is missing
             return ModelSource("local", raw, path=path)
         raise ModelLoadError(f"model path {path} is neither a file nor a folder")
 

@@ -3,10 +3,16 @@
 The value head is one linear layer on the last hidden state (classic TRL's
 ``AutoModelForCausalLMWithValueHead``). Estimators that need no critic build the policy
 without it: no value head, no value forward, no critic optimiser state.
+
+Mixed precision (``model.precision``): every forward of the policy and of the reference
+runs under ``torch.autocast`` with the chosen dtype, here and nowhere else, so sampling,
+scoring and the update compute one function (weights stay in ``model.dtype``, float32 by
+default: the optimiser updates float32 master weights). The value head runs in float32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from contextlib import contextmanager
 
@@ -24,7 +30,8 @@ class ValueHead(nn.Module):
         nn.init.zeros_(self.summary.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.summary(hidden.float()).squeeze(-1)
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            return self.summary(hidden.float()).squeeze(-1)
 
 
 def hidden_size_of(config) -> int:
@@ -82,13 +89,29 @@ def last_positions(x: torch.Tensor, keep: int) -> torch.Tensor:
     return x[:, -keep:] if 0 < keep < x.shape[1] else x
 
 
-class Policy(nn.Module):
-    """A causal LM plus an optional value head; ``forward`` returns logits and values."""
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-    def __init__(self, lm: nn.Module, value_head: bool = True):
+
+def autocast(device_type: str, precision: str = "fp32"):
+    """``torch.autocast`` for ``precision`` (``fp32``: no autocast)."""
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+class Policy(nn.Module):
+    """A causal LM plus an optional value head; ``forward`` returns logits and values.
+
+    ``precision``: ``fp32``, ``bf16`` or ``fp16`` autocast of every forward (module docstring)."""
+
+    def __init__(self, lm: nn.Module, value_head: bool = True, precision: str = "fp32"):
         super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         fuse_activations(lm)
         self.lm = lm
+        self.precision = precision
         self.value_head = ValueHead(hidden_size_of(lm.config)) if value_head else None
 
     @property
@@ -106,9 +129,10 @@ class Policy(nn.Module):
         """
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask)
-        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                      past_key_values=past_key_values, use_cache=use_cache,
-                      output_hidden_states=self.value_head is not None, **keep_kwargs(logits_to_keep))
+        with autocast(input_ids.device.type, self.precision):
+            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          past_key_values=past_key_values, use_cache=use_cache,
+                          output_hidden_states=self.value_head is not None, **keep_kwargs(logits_to_keep))
         logits = last_positions(out.logits, logits_to_keep)
         values = None
         if self.value_head is not None:
@@ -126,6 +150,7 @@ class Reference:
     def __init__(self, policy: Policy, use_adapter_disable: bool = False):
         self.use_adapter_disable = use_adapter_disable
         self._policy = policy
+        self.precision = policy.precision  # the same function as the policy it starts from
         if use_adapter_disable:
             self.lm = None
         else:
@@ -148,7 +173,7 @@ class Reference:
         """Same call as :meth:`Policy.forward` (values are None), so the rollout helpers score with it."""
         if position_ids is None:
             position_ids = position_ids_from_mask(attention_mask)
-        with self._model() as lm:
+        with self._model() as lm, autocast(input_ids.device.type, self.precision):
             out = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                      past_key_values=past_key_values, use_cache=use_cache, **keep_kwargs(logits_to_keep))
         return last_positions(out.logits, logits_to_keep), None, getattr(out, "past_key_values", None)

@@ -14,10 +14,22 @@ only on the distinct prompts of the batch and hand every copy the same keys/valu
 (:func:`unique_rows`, :func:`select_cache`). The result is the same function, at 1/G of
 the prompt cost; with one-token answers that is nearly all of the cost. The last
 response token is never fed to the model when scoring: nothing is predicted from it.
+
+Random draws. Sequence ``i`` of a batch draws its ``t``-th token by inverting the CDF of
+its (filtered) distribution at ``uniforms[i, t]``, a float64 number in [0, 1) fixed before
+sampling starts (:func:`sampling_uniforms`). A sequence's tokens therefore depend only on
+its own row of uniforms, not on which other sequences share its batch, chunk or process:
+a step sampled by 1 process or split over N processes draws the same tokens. The CDF is
+summed in float64, so no token's probability is distorted by more than ~1e-16 (a
+float32 cumulative sum over a 49k vocabulary can be off by ~1e-3 in total).
+
+The KV cache of sampling lives only inside :func:`sample`; it is released before the
+function returns, so the update that follows never holds it in memory.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +50,9 @@ class SamplingParams:
     banned_ids: tuple[int, ...] = ()
     pad_id: int = 0
     greedy: bool = False
+    # stop strings: called with the response ids so far of the rows still generating, says which
+    # of them now end in a stop string (progrl.stopping.StopStrings.hits); None = no stop strings
+    stop_check: Callable[[Sequence[Sequence[int]]], list[bool]] | None = None
 
 
 @dataclass
@@ -50,6 +65,7 @@ class Rollout:
     response_mask: torch.Tensor  # (B, T) 1 for real tokens (the stop token included)
     logprobs: torch.Tensor  # (B, T) float32
     values: torch.Tensor | None  # (B, T) float32, only with a value head
+    truncated: torch.Tensor | None = None  # (B,) bool: no stop (token or string) before max_new_tokens
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -75,12 +91,34 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def sampling_uniforms(n: int, max_new_tokens: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``(n, max_new_tokens)`` float64 uniforms in [0, 1): row ``i`` decides sequence ``i``'s tokens."""
+    return torch.rand((n, max_new_tokens), generator=generator, dtype=torch.float64)
+
+
+def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Per row of ``probs`` ``(B, V)``, the token whose CDF interval holds ``u`` ``(B,)``.
+
+    The first index with ``cdf > u * cdf[-1]``: a token of probability 0 has an empty
+    interval and is never chosen; the CDF is summed in float64 (see the module docstring).
+    """
+    cdf = probs.double().cumsum(-1)
+    x = (u.to(cdf.device, torch.float64) * cdf[:, -1]).unsqueeze(-1)
+    return torch.searchsorted(cdf, x, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+
+
 @torch.no_grad()
 def sample(policy: Policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, params: SamplingParams,
-           generator: torch.Generator | None = None) -> Rollout:
-    """Sample responses for one batch of left-padded prompts, with a KV cache."""
+           generator: torch.Generator | None = None, uniforms: torch.Tensor | None = None) -> Rollout:
+    """Sample responses for one batch of left-padded prompts, with a KV cache.
+
+    ``uniforms`` ``(B, >= max_new_tokens)`` are the random numbers of the draws (see the module
+    docstring); without them they are drawn from ``generator``. Greedy decoding uses none.
+    """
     B = prompt_ids.shape[0]
     device = prompt_ids.device
+    if not params.greedy and uniforms is None:
+        uniforms = sampling_uniforms(B, params.max_new_tokens, generator)
     attention = prompt_mask.clone()
     positions = position_ids_from_mask(attention)
     cur_ids, cur_pos = prompt_ids, positions
@@ -108,7 +146,7 @@ def sample(policy: Policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, 
             token = candidates.argmax(-1)
         else:
             candidates = filter_logits(candidates, params.top_k, params.top_p)
-            token = torch.multinomial(torch.softmax(candidates, dim=-1), 1, generator=generator).squeeze(-1)
+            token = inverse_cdf(torch.softmax(candidates, dim=-1), uniforms[:, t])
         alive = ~finished
         token = torch.where(alive, token, torch.full_like(token, params.pad_id))
         tokens.append(token)
@@ -118,11 +156,19 @@ def sample(policy: Policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, 
         masks.append(alive.long())
         if len(stop):
             finished = finished | torch.isin(token, stop)
+        if params.stop_check is not None and t + 1 >= params.min_new_tokens:
+            rows = (~finished).nonzero().squeeze(-1).tolist()
+            if rows:
+                so_far = torch.stack(tokens, 1)[rows].tolist()
+                hit = [r for r, h in zip(rows, params.stop_check(so_far)) if h]
+                if hit:
+                    finished[hit] = True
         if bool(finished.all()):
             break
         attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
         cur_pos = cur_pos[:, -1:] + 1
         cur_ids = token.unsqueeze(-1)
+    del past, logits, values  # the KV cache goes before the caller's update starts
     return Rollout(
         prompt_ids=prompt_ids,
         prompt_mask=prompt_mask,
@@ -130,6 +176,7 @@ def sample(policy: Policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, 
         response_mask=torch.stack(masks, 1),
         logprobs=torch.stack(logps, 1),
         values=torch.stack(vals, 1) if vals else None,
+        truncated=~finished,
     )
 
 
@@ -186,7 +233,7 @@ def prefill(policy, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, positio
 
 
 def forward_response(policy: Policy, rollout_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
-                     temperature: float = 1.0):
+                     temperature: float = 1.0, share_prompts: bool = True):
     """Logits, log-probs of the taken tokens, and values at the response positions.
 
     ``rollout_ids`` is prompt + response, ``(B, P + T)``. Returns ``(logits (B, T, V),
@@ -194,11 +241,14 @@ def forward_response(policy: Policy, rollout_ids: torch.Tensor, attention_mask: 
     ``t``-th response token was chosen. ``policy`` is anything with :class:`Policy`'s call
     signature (the reference model too). Rows that share a prompt share its computation
     (see the module docstring); the result is the same as one forward pass over all rows.
+    ``share_prompts=False`` always takes the one pass: one model call per batch whatever its
+    rows (sharded models need the same number of calls on every process; gradient
+    checkpointing runs without a KV cache).
     """
     P = prompt_len
     T = rollout_ids.shape[1] - P
     positions = position_ids_from_mask(attention_mask)
-    shared = unique_rows(rollout_ids[:, :P], attention_mask[:, :P])
+    shared = unique_rows(rollout_ids[:, :P], attention_mask[:, :P]) if share_prompts else None
     if shared is None:
         # one pass over prompt + response, without the last response token (it predicts nothing);
         # logits and values only where a response token is chosen (the last T positions)
@@ -213,7 +263,9 @@ def forward_response(policy: Policy, rollout_ids: torch.Tensor, attention_mask: 
                                            use_cache=True)
             logits = torch.cat([logits, logits_r], 1)
             values = torch.cat([values, values_r], 1) if values is not None else None
-    logits = logits.float() / temperature
+    logits = logits.float()
+    if temperature != 1.0:  # x / 1 is x: no (B, T, V) copy for it
+        logits = logits / temperature
     targets = rollout_ids[:, P:]
     logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return logits, logprobs, values

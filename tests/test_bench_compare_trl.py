@@ -62,6 +62,19 @@ def test_report_renders_goals_floor_rows_and_ceilings(tmp_path, capsys):
     assert "Why not 5x on PPO" in text  # the notes are part of the section
 
 
+def test_report_renders_the_bf16_autocast_row(tmp_path):
+    run = load_run()
+    report = fake_report()
+    report["comparisons"][0]["progrl_bf16"] = side(36.0, 480.0, 0.55, 0.11)
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    doc = tmp_path / "benchmarks.md"
+    assert run.main(["--from-report", "--out", str(tmp_path), "--markdown", str(doc)]) == 0
+    text = doc.read_text()
+    assert "| progrl, bf16 autocast (`model.precision = \"bf16\"`) | 36.0 |" in text
+    # against classic TRL (20/s), the bf16 floor (40/s) and progrl in float32 (30/s)
+    assert "progrl under bf16 autocast: 1.80x classic TRL (fp32), 0.90x the bfloat16 floor (1.20x progrl in float32)" in text
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_floor_side_runs_the_ppo_passes(tmp_path, dtype):
     from progrl import modeling

@@ -71,3 +71,15 @@ def test_paper_config_file_is_valid():
         data = read_toml(path)
         cfg = build_config({}, data)
         assert cfg.task == data["task"]
+
+
+def test_whiten_default_is_the_estimators_own_and_task_defaults_keep_their_measured_setting():
+    """Issue 9 item 14: unset means the estimator's definition (progrl.advantages.default_whiten)."""
+    from progrl.config import AlgoConfig
+    from progrl.tasks import get_task
+
+    assert AlgoConfig().whiten_advantages is None
+    assert build_config(get_task("arithmetic").defaults()).algo.whiten_advantages is False
+    sentiment = get_task("sentiment").defaults()
+    assert sentiment["algo"]["estimator"] == "rloo" and sentiment["algo"]["whiten_advantages"] is True
+    assert build_config({}, {}, ["algo.estimator=\"grpo\""]).algo.whiten_advantages is None

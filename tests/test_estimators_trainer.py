@@ -134,8 +134,8 @@ def test_dr_grpo_normaliser_is_the_generation_budget(tmp_path, monkeypatch):
     calls = []
     original = losses.aggregate
 
-    def spy(per_token, mask, loss_agg="token_mean", max_len=None):
-        out = original(per_token, mask, loss_agg, max_len)
+    def spy(per_token, mask, loss_agg="token_mean", max_len=None, counts=None):
+        out = original(per_token, mask, loss_agg, max_len, counts)
         if loss_agg == "seq_mean_token_sum_norm":
             calls.append((per_token.shape, max_len))
             expected = (per_token * mask).sum() / (per_token.shape[0] * 3)
@@ -174,6 +174,59 @@ def test_groups_split_across_generation_chunks_and_ragged_minibatches(tmp_path, 
     assert torch.allclose(seq_adv.sum(-1), torch.zeros(3), atol=1e-5)  # each group is centred on its own mean
     rows = train_rows(tmp_path)
     assert len(rows) == 2 and all(math.isfinite(r["pg_loss"]) for r in rows)
+
+
+DROPPY = """
+import zlib
+
+def score_one(prompt, completion, **columns):
+    if zlib.crc32((prompt + completion).encode()) % 3 == 0:
+        raise RuntimeError("no reward for this one")
+    return (zlib.crc32(completion.encode()) % 10) / 10
+"""
+
+
+@pytest.mark.parametrize("estimator", ["rloo", "grpo"])
+def test_dropped_samples_get_zero_advantage_and_stay_out_of_the_group_baseline(estimator, tmp_path, monkeypatch):
+    """Issue 9 item 12: with k valid of G the statistics are those of the k (TRL 1.16's convention)."""
+    reward = tmp_path / "droppy.py"
+    reward.write_text(DROPPY)
+    task, cfg = make_config(estimator, [f'reward.functions=["{reward}:score_one"]', 'reward.backend="inline"',
+                                        'reward.on_error="drop"', "rollout.batch_size=6",
+                                        "rollout.temperature=3.0"], steps=2)
+    trainer = Trainer(cfg, task, tmp_path / "run")
+    from progrl import trainer as trainer_module
+
+    seen = []
+    original = trainer_module.compute_advantages
+
+    def spy(est, rewards, mask, values=None, **kw):
+        adv, ret = original(est, rewards, mask, values, **kw)
+        seen.append((rewards, mask, kw["valid"], adv))
+        return adv, ret
+
+    monkeypatch.setattr(trainer_module, "compute_advantages", spy)
+    trainer.train()
+    n_dropped = n_partial = 0
+    for rewards, mask, valid, adv in seen:
+        seq_adv, R = adv.sum(-1) / mask.sum(-1).clamp(min=1), (rewards * mask).sum(-1)
+        for g in range(len(valid) // 4):
+            v, r, a = valid[4 * g:4 * g + 4], R[4 * g:4 * g + 4], seq_adv[4 * g:4 * g + 4]
+            k = int(v.sum())
+            n_dropped += 4 - k
+            n_partial += 0 < k < 4
+            assert a[~v].tolist() == [0.0] * (4 - k)
+            if k < 2 or float(r[v].max() - r[v].min()) == 0.0:
+                assert a.abs().max().item() == 0.0
+                continue
+            rv = r[v]
+            if estimator == "rloo":
+                expected = rv - (rv.sum() - rv) / (k - 1)
+            else:
+                expected = (rv - rv.mean()) / (rv.std() + 1e-4)
+            assert torch.allclose(a[v], expected, atol=1e-5)
+    assert n_dropped > 0 and n_partial > 0  # the case under test happened
+    assert sum(r["dropped"] for r in train_rows(tmp_path / "run")) == n_dropped
 
 
 @pytest.mark.parametrize("estimator", ["grpo", "dr_grpo", "rloo"])

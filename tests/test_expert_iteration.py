@@ -168,3 +168,16 @@ def test_imitation_term_beside_ppo_with_replay(tmp_path):
     rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["phase"] == "train"]
     assert all(r["kept_fraction"] == 1.0 and r["raft_nll"] > 0 and "vf_loss" in r for r in rows)
     assert len(tr.replay) == 32  # every sample of both steps was kept and stored
+
+
+@pytest.mark.parametrize("override, field", [({"algo": {"estimator": "raft"}}, "algo.estimator"),
+                                             ({"algo": {"raft": {"coef": 1.0}}}, "algo.raft.coef"),
+                                             ({"rollout": {"retry": {"fraction": 0.5}}}, "rollout.retry.fraction")])
+def test_raft_and_retry_are_refused_with_several_processes(override, field):
+    from progrl.config import ConfigError, TrainConfig
+    from progrl.trainer import check_split
+
+    cfg = TrainConfig.model_validate({"rollout": {"batch_size": 8}, "algo": {"minibatch_size": 8}, **override})
+    check_split(cfg, 1)  # one process: fine
+    with pytest.raises(ConfigError, match=f"^config error: {field}: .*one process"):
+        check_split(cfg, 2)

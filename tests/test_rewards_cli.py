@@ -105,3 +105,46 @@ def test_bad_spec_from_the_command_line_has_no_traceback(data):
     assert proc.returncode == 2
     assert proc.stderr.strip() == "progrl score: error: reward function 'missing.py:f': file not found: " \
                                   f"{ROOT / 'missing.py'}"
+
+
+def test_streamed_output_equals_scoring_the_whole_file_at_once(tmp_path, capsys, monkeypatch):
+    """Chunks of 7 records: same table and same JSON line as one engine call over all records."""
+    from progrl.rewards import RewardConfig, RewardEngine
+    from progrl.rewards import cli
+
+    faults = ["ok", "nan", "ok", "none", "raise", "ok", "string"]
+    records = [{"prompt": f"p{i}", "completion": "x" * (i % 11), "fault": faults[i % 7]} for i in range(100)]
+    for i in range(90, 100):  # a column that only the last records have: None for the others, in every chunk
+        records[i]["scale"] = 0.5
+    data = write_jsonl(tmp_path / "many.jsonl", records)
+    specs = [f"{FAULTS}:faulty", f"{FAULTS}:scaled"]
+    argv = ["--reward", specs[0], "--reward", specs[1], "--weight", "1", "--weight", "2", "--data", str(data),
+            "--backend", "inline"]
+
+    monkeypatch.setattr(cli, "CHUNK", 7)
+    assert main(argv + ["--json"]) == 0
+    streamed_json = capsys.readouterr().out
+    assert main(argv) == 0
+    streamed_table = capsys.readouterr().out
+
+    prompts, completions, columns = cli.read_jsonl(str(data))
+    assert columns["scale"] == [None] * 90 + [0.5] * 10
+    cfg = RewardConfig(functions=[{"fn": specs[0], "weight": 1}, {"fn": specs[1], "weight": 2}], backend="inline")
+    with RewardEngine(cfg) as eng:
+        whole = eng.score(prompts, completions, columns)
+    assert streamed_json == json.dumps({"rewards": whole.rewards, "failures": whole.failures}) + "\n"
+    lines = streamed_table.splitlines()
+    assert lines[0] == "#\treward\tfaulty\tscaled" and len(lines) == 1 + 100 + 2 + len(whole.errors)
+    for i in range(100):
+        cells = lines[1 + i].split("\t")
+        assert int(cells[0]) == i
+        assert cells[1] == ("dropped" if whole.rewards[i] is None else f"{whole.rewards[i]:.6g}")
+    assert lines[101].startswith("100 records") and whole.failures["error"] == 90 + sum(i % 7 == 4 for i in range(100))
+
+
+def test_bad_line_late_in_the_file_is_reported_before_any_output(tmp_path, capsys):
+    records = [{"prompt": "p", "completion": "c"}] * 50 + ["{oops"]
+    data = write_jsonl(tmp_path / "late.jsonl", records)
+    assert main(["--reward", f"{FAULTS}:good", "--data", str(data), "--backend", "inline"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "line 51: invalid JSON" in captured.err

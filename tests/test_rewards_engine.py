@@ -62,7 +62,7 @@ def test_config_functions_override_task_defaults_and_take_kwargs():
 def test_per_sample_and_batched_give_the_same_values():
     cfg = RewardConfig(backend="inline", batch_size=3)
     with RewardEngine(cfg, [f"{FAULTS}:good", f"{FAULTS}:good_batched"]) as eng:
-        assert [lf.batched for lf in eng.loaded] == [False, True]
+        assert [f.batched for f in eng.functions] == [False, True]
         res = eng.score(["p"] * 7, [str(10 ** i) for i in range(7)])
     assert res.per_function["good"] == res.per_function["good_batched"] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
 
@@ -91,7 +91,7 @@ def test_cache_hits_skip_calls_but_not_failures():
         second = eng.score(["p", "p", "p", "p"], ["a", "b", "none", "a"], {"answer": [1, 2, 3, 9]})
     assert first.cache_hits == 0 and second.cache_hits == 2
     assert calls == ["a", "b", "none", "none", "a"]  # failures are re-evaluated; other answer = other key
-    assert second.rewards == [1.0, 1.0, 0.0, 1.0] and second.failures["none"] == 1
+    assert second.rewards == [1.0, 1.0, None, 1.0] and second.failures["none"] == 1  # None: no reward, dropped
 
 
 def test_drop_policy():
@@ -191,3 +191,92 @@ def test_process_timeout_kills_the_rewards_own_subprocesses(tmp_path):
             assert time.monotonic() < deadline, "the reward's subprocess outlived the timeout"
             time.sleep(0.05)
     assert leftovers(before) == []
+
+
+# ----------------------------------------------------------------------------- None (issue 9, item 13)
+
+HOSTILE = str(Path(__file__).with_name("reward_hostile.py"))
+
+
+@pytest.mark.parametrize("backend", ["inline", "process"])
+def test_none_from_the_only_function_drops_the_sample(backend):
+    """TRL's convention: None is "no reward for this sample", left out of the update (not a 0)."""
+    cfg = RewardConfig(backend=backend, workers=1)
+    with RewardEngine(cfg, [f"{HOSTILE}:none_unless_long"]) as eng:
+        res = eng.score(["p"] * 3, ["ab", "abc", "abcd"])
+    assert res.rewards == [None, 3.0, 4.0]
+    assert res.per_function == {"none_unless_long": [None, 3.0, 4.0]}
+    assert res.failures["none"] == 1 and res.failed_samples == 0  # counted, but not a malfunction
+
+
+def test_none_adds_nothing_among_several_functions_and_drops_when_all_are_none():
+    def half(prompt, completion):
+        return None if completion == "x" else 10.0
+
+    with RewardEngine(RewardConfig(backend="inline"), [(f"{HOSTILE}:none_unless_long", 2.0), (half, 0.5)]) as eng:
+        res = eng.score(["p"] * 4, ["abc", "ab", "x", "xyz1"])
+    # abc: 2*3 + 0.5*10; ab: only half counts; x: both None -> dropped; xyz1: 2*4 + 5
+    assert res.rewards == [11.0, 5.0, None, 13.0]
+    assert res.per_function == {"none_unless_long": [3.0, None, None, 4.0], "half": [10.0, 10.0, None, 10.0]}
+
+
+def test_none_in_a_batched_result_and_explicit_on_none():
+    def batched(prompts, completions):
+        return [None if c == "-" else 1.0 for c in completions]
+
+    with RewardEngine(RewardConfig(backend="inline"), [batched]) as eng:
+        assert eng.score(["p"] * 3, ["a", "-", "b"]).rewards == [1.0, None, 1.0]
+    with RewardEngine(RewardConfig(backend="inline", on_none=0.0), [batched]) as eng:  # the old behaviour
+        assert eng.score(["p"] * 3, ["a", "-", "b"]).rewards == [1.0, 0.0, 1.0]
+    with RewardEngine(RewardConfig(backend="inline", on_none="drop"), [batched, length_reward]) as eng:
+        assert eng.score(["p"] * 2, ["a", "-"]).rewards == [2.0, None]  # drop: even with another function
+
+
+# ----------------------------------------------------------------------------- max_failure_fraction (item 10)
+
+
+def _scored(kinds_per_sample, **cfg):
+    """An engine result where sample i fails with kinds_per_sample[i] (None: ok) from function 'f'."""
+    from progrl.rewards.engine import RewardFailureError  # noqa: F401 - the class under test
+
+    def f(prompt, completion):
+        if completion == "error":
+            raise TypeError("f() missing 1 required positional argument: 'answer'")
+        if completion == "nan":
+            return float("nan")
+        if completion == "none":
+            return None
+        return 1.0
+
+    eng = RewardEngine(RewardConfig(backend="inline", **cfg), [f])
+    return eng, eng.score(["p"] * len(kinds_per_sample), [k or "ok" for k in kinds_per_sample])
+
+
+def test_a_step_that_fails_entirely_for_one_reason_stops():
+    from progrl.rewards.engine import RewardFailureError
+
+    eng, res = _scored(["error"] * 16)
+    with pytest.raises(RewardFailureError) as info:
+        eng.check_failures(res)
+    assert str(info.value) == ("reward error: f: error: TypeError: f() missing 1 required positional argument: "
+                               "'answer' (16 of 16 samples failed; set reward.max_failure_fraction to change this)")
+
+
+@pytest.mark.parametrize("kinds, cfg", [
+    (["error"] * 15 + [None], {}),  # one sample worked
+    (["error"] * 8 + ["nan"] * 8, {}),  # two reasons
+    (["none"] * 16, {}),  # None is an answer, not a failure
+    (["error"] * 16, {"max_failure_fraction": "never"}),
+    (["error"] * 7 + [None] * 9, {"max_failure_fraction": 0.5}),
+])
+def test_steps_that_do_not_stop(kinds, cfg):
+    eng, res = _scored(kinds, **cfg)
+    eng.check_failures(res)
+
+
+def test_max_failure_fraction_below_one():
+    from progrl.rewards.engine import RewardFailureError
+
+    eng, res = _scored(["error"] * 8 + [None] * 8, max_failure_fraction=0.5)
+    with pytest.raises(RewardFailureError, match=r"\(8 of 16 samples failed"):
+        eng.check_failures(res)

@@ -41,8 +41,8 @@ def check_fault(engine: RewardEngine, fault: str, batched: bool) -> None:
     res = engine.score(["p"] * 4, COMPLETIONS, {"fault": ["ok", "ok", fault, "ok"]})
     wall = time.monotonic() - t0
     assert wall < engine.cfg.timeout + 1.0, f"{fault}: scoring took {wall:.2f}s"
-    policy = engine.policy
-    expected = [policy[kind] if (kind and i in guilty) else float(len(c)) for i, c in enumerate(COMPLETIONS)]
+    failed_value = None if kind and engine.policy[kind] == "skip" else engine.policy.get(kind)  # skip: one fn -> drop
+    expected = [failed_value if (kind and i in guilty) else float(len(c)) for i, c in enumerate(COMPLETIONS)]
     assert res.rewards == expected, (fault, res.errors)
     assert {k: v for k, v in res.failures.items() if v} == ({kind: len(guilty)} if kind else {}), res.errors
     if kind:

@@ -58,17 +58,67 @@ def test_ray_batched_fault(ray_batched_engine, fault):
 
 def test_ray_actors_do_not_outlive_the_engine(ray_instance):
     eng = RewardEngine(ray_config(), [f"{FAULTS}:faulty"])
+
+    def both_actors_idle() -> set[int]:
+        # worker_pids() lists idle actors only; one fast actor can score a whole small batch
+        # while the other is still starting, so wait until both are up.
+        deadline = time.monotonic() + 30
+        while len(eng.backend.worker_pids()) < 2:
+            eng.score(["p"], ["a"], {"fault": ["ok"]})
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        return set(eng.backend.worker_pids())
+
     eng.score(["p", "p"], ["a", "b"], {"fault": ["ok", "ok"]})
-    pids = set(eng.backend.worker_pids())
+    pids = both_actors_idle()
     eng.score(["p", "p"], ["a", "b"], {"fault": ["ok", "sleep"]})  # one actor killed and replaced
-    deadline = time.monotonic() + 5
-    while len(eng.backend.worker_pids()) < 2:  # wait for the replacement to be up
-        eng.score(["p"], ["a"], {"fault": ["ok"]})
-        assert time.monotonic() < deadline
-    pids |= set(eng.backend.worker_pids())
+    pids |= both_actors_idle()
     assert len(pids) == 3
     eng.close()
     deadline = time.monotonic() + 10
     while any(alive(p) for p in pids):
         assert time.monotonic() < deadline, "reward actors still running after close()"
         time.sleep(0.1)
+
+
+# ----------------------------------------------------------------------------- trust (issue 9)
+
+HOSTILE = str(Path(__file__).with_name("reward_hostile.py"))
+
+
+def test_ray_actor_returns_only_a_json_line():
+    """What crosses Ray's transport from an actor is bytes holding one JSON line (validated on the driver)."""
+    from progrl.rewards.ray_backend import RewardActor
+    from progrl.rewards.spec import FunctionSpec
+    from progrl.rewards.wire import decode, parse_reply, parse_start
+
+    actor = RewardActor(memory_mb=None, show_output=False)  # the class body, called directly
+    ready = actor.load([FunctionSpec("faulty", f"{FAULTS}:faulty")])
+    assert type(ready) is bytes and parse_start(decode(ready[:-1]), ["faulty"])[0] == "ready"
+    reply = actor.evaluate(5, 0, ["p", "p"], ["ab", "c"], {"fault": ["ok", "raise"]})
+    assert type(reply) is bytes
+    outcomes, recycle = parse_reply(decode(reply[:-1]), 5, 2)
+    assert outcomes[0].value == 2.0 and outcomes[1].kind == "error" and recycle is False
+
+
+@pytest.mark.parametrize("fn, kind, fragment", [
+    ("raise_unprintable", "error", "its __str__ raised RuntimeError"),
+    ("return_broken_real", "type", "could not be converted to a float (ValueError: cannot convert me)"),
+])
+def test_ray_unclassifiable_results_are_clear_failures(ray_instance, fn, kind, fragment):
+    with RewardEngine(RewardConfig(functions=[f"{HOSTILE}:{fn}"], backend="ray", timeout=5, workers=1)) as eng:
+        res = eng.score(["p"], ["a"])
+    assert res.failures[kind] == 1 and fragment in res.errors[0]
+
+
+@pytest.mark.parametrize("kind, fragment", [("raise", "ZeroDivisionError: boom at import"),
+                                            ("exit0", "the reward actor died while loading it")])
+def test_ray_import_faults_are_one_spec_error_line(ray_instance, tmp_path, kind, fragment):
+    import reward_hostile
+    from progrl.rewards import RewardSpecError
+
+    path = tmp_path / f"ray_import_{kind}.py"
+    path.write_text(reward_hostile.import_fault_module(kind))
+    with pytest.raises(RewardSpecError, match=fragment) as info:
+        RewardEngine(RewardConfig(functions=[f"{path}:f"], backend="ray", timeout=5, workers=1))
+    assert "\n" not in str(info.value)

@@ -100,6 +100,15 @@ def test_apply_policy():
 def test_combine_weights_and_drop():
     assert combine([[1.0, 2.0], [10.0, None]], [0.5, 2.0]) == [20.5, None]
     assert combine([[1.0, 2.0]], [3.0]) == [3.0, 6.0]
+
+
+def test_combine_skip_adds_nothing_and_all_skipped_is_dropped():
+    from progrl.rewards.policy import SKIP
+
+    assert combine([[1.0, SKIP, SKIP], [10.0, 10.0, SKIP]], [0.5, 2.0]) == [20.5, 20.0, None]
+    assert combine([[SKIP, 1.0]], [3.0]) == [None, 3.0]  # one function: None -> no reward
+    assert combine([[SKIP], [None]], [1.0, 1.0]) == [None]
+    assert RewardConfig().failure_policy()["none"] == "skip"
     with pytest.raises(ValueError):
         combine([[1.0]], [1.0, 2.0])
 
@@ -118,9 +127,11 @@ def test_config_validation():
     cfg = RewardConfig(functions=["a.py:f", {"fn": "m:g", "weight": 0.5}], on_nan="drop")
     assert [f.fn for f in cfg.functions] == ["a.py:f", "m:g"] and cfg.functions[1].weight == 0.5
     assert cfg.backend == "process" and cfg.failure_policy()["nan"] is None
-    for bad in ({"timeout": 0}, {"workers": 0}, {"batch_size": 0}, {"on_error": "skip"},
+    for bad in ({"timeout": 0}, {"workers": 0}, {"batch_size": 0}, {"on_error": "ignore"},
                 {"on_nan": math.nan}, {"backend": "threads"}, {"unknown": 1},
-                {"functions": [{"fn": "a.py:f", "weight": math.inf}]}, {"functions": [{"fn": "a:f", "x": 1}]}):
+                {"functions": [{"fn": "a.py:f", "weight": math.inf}]}, {"functions": [{"fn": "a:f", "x": 1}]},
+                {"max_failure_fraction": 0}, {"max_failure_fraction": 1.5}, {"sandbox": True, "backend": "ray"},
+                {"load_timeout": 0}):
         with pytest.raises(ValueError):
             RewardConfig(**bad)
 

@@ -111,7 +111,7 @@ def test_csv_with_review_column_and_br_cleanup(tmp_path):
     assert load_prompt_texts(str(f)) == ["A wonderful film. The actors were great, & funny.", "Bad. Really bad, truly."]
 
 
-def test_csv_text_column_and_first_column_fallback(tmp_path):
+def test_csv_text_column_and_the_text_like_column_fallback(tmp_path):
     f = tmp_path / "t.csv"
     f.write_text("label,text\n1,first text\n0,second text\n", encoding="utf-8")
     assert load_prompt_texts(f) == ["first text", "second text"]
@@ -121,6 +121,39 @@ def test_csv_text_column_and_first_column_fallback(tmp_path):
     h = tmp_path / "h.csv"  # pandas-style unnamed index column first
     h.write_text(",content\n0,hello there\n1,general kenobi\n", encoding="utf-8")
     assert load_prompt_texts(h) == ["hello there", "general kenobi"]
+
+
+def test_csv_without_a_text_column_is_refused_and_the_column_used_is_named(tmp_path):
+    """Issue 9 item 11: ids in the first column were silently used as prompts."""
+    from progrl.tasks.sentiment_core import load_prompt_source
+
+    ids = tmp_path / "ids.csv"
+    ids.write_text("code,label\nc-1002-beta,1\nc-1003-gamma,0\nc-1004-delta,1\n", encoding="utf-8")
+    with pytest.raises(ValueError) as info:
+        load_prompt_texts(ids)
+    msg = str(info.value)
+    assert "ids.csv has no text column" in msg and "'code', 'label'" in msg and "text_column" in msg
+    assert "\n" not in msg
+    # a label column first and the texts under another name: the texts, and the name is said
+    labelled = tmp_path / "labelled.csv"
+    labelled.write_text("label,body\npositive,What a wonderful film it was\nnegative,A dull and tiring plot\n",
+                        encoding="utf-8")
+    texts, where = load_prompt_source(labelled)
+    assert texts == ["What a wonderful film it was", "A dull and tiring plot"]
+    assert where == f"{labelled}, column 'body'"
+    # several text-like columns: the one of longest texts
+    two = tmp_path / "two.csv"
+    two.write_text("title,summary\nGood one,A long summary of a good film here\nBad one,Another long summary\n",
+                   encoding="utf-8")
+    assert load_prompt_source(two)[1].endswith("column 'summary'")
+    # named explicitly: that column, even a short one; a missing name is refused naming the columns
+    assert load_prompt_texts(two, text_column="Title") == ["Good one", "Bad one"]
+    with pytest.raises(ValueError, match=r"text_column.*no column 'review'.*'title', 'summary'"):
+        load_prompt_texts(two, text_column="review")
+    assert load_prompt_source("builtin")[1] == "the built-in review openings"
+    jl = tmp_path / "k.jsonl"
+    jl.write_text('{"body": "one two"}\n{"body": "three four"}\n', encoding="utf-8")
+    assert load_prompt_source(jl, text_column="body") == (["one two", "three four"], f"{jl}, key body")
 
 
 def test_jsonl_keys(tmp_path):

@@ -156,6 +156,26 @@ def test_prompt_files_and_token_range(tok, tmp_path):
         bound(tok, prompts=str(tmp_path / "missing.csv"))
 
 
+def test_sentiment_run_names_its_prompt_column_and_refuses_a_csv_without_text(tiny_model_dir, tmp_path, capsys):
+    """Issue 9 item 11 through the CLI: the column used is printed; no text column -> one line, exit 2."""
+    bad = tmp_path / "ids.csv"
+    bad.write_text("id,label\n" + "".join(f"c-{1000 + i}-beta,{i % 2}\n" for i in range(40)))
+    code = main(["train", "sentiment", "--model", str(tiny_model_dir), "--out", str(tmp_path / "bad-run"),
+                 "--set", f'task_options.prompts="{bad}"', "--steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and "ids.csv has no text column" in err and "Traceback" not in err
+    good = tmp_path / "labelled.csv"
+    good.write_text("label,body\n" + "".join(f"{i % 2},What a film number {i} was, truly\n" for i in range(40)))
+    code = main(["train", "sentiment", "--model", str(tiny_model_dir), "--out", str(tmp_path / "run"),
+                 "--set", f'task_options.prompts="{good}"', "--steps", "1", "--set", "rollout.batch_size=2",
+                 "--set", "eval.n_prompts=4", "--set", "log.progress=false", "--set", "log.tensorboard=false",
+                 "--set", "log.plot=false", "--set", "rollout.max_new_tokens=4"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "column 'body'" in " ".join(err.split())
+
+
 # ------------------------------------------------------------------------------------------
 # reward and metrics
 # ------------------------------------------------------------------------------------------

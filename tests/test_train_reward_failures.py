@@ -1,5 +1,7 @@
 """Training survives a reward function that fails on half of its calls, and says so."""
 
+from pathlib import Path
+
 from progrl.cli import main
 from progrl.tracking import read_jsonl
 
@@ -40,3 +42,32 @@ def test_half_failing_rewards_do_not_stop_training(tmp_path, capsys):
     assert all(r["reward_mean"] is not None and 0.5 <= r["reward_mean"] <= 0.71 for r in rows)
     err = capsys.readouterr().err
     assert "reward failures" in err and "error=" in err
+
+
+def _train_exits_2_with_one_line(tmp_path, capsys, reward_spec, *extra):
+    run = tmp_path / "run"
+    code = main(["train", "arithmetic", "--steps", "2", "--out", str(run), *TINY,
+                 "--set", f'reward.functions=["{reward_spec}"]', *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("reward error: ")]
+    assert len(lines) == 1 and "Traceback" not in err
+    return lines[0]
+
+
+def test_a_reward_missing_a_column_stops_the_run(tmp_path, capsys):
+    """Every sample fails for one reason (a column the task does not have): stop, naming the first failure."""
+    hostile = Path(__file__).with_name("reward_hostile.py")
+    line = _train_exits_2_with_one_line(tmp_path, capsys, f"{hostile}:needs_solution")
+    assert line == ("reward error: needs_solution: error: TypeError: needs_solution() missing 1 required positional "
+                    "argument: 'solution' (16 of 16 samples failed; set reward.max_failure_fraction to change this)")
+
+
+def test_a_reward_that_breaks_during_training_stops_the_run(tmp_path, capsys):
+    """The held-out evaluation before RL (16 prompts) works, then the first RL step fails as a whole."""
+    import reward_hostile
+
+    reward = tmp_path / "breaks.py"
+    reward.write_text(reward_hostile.FAILS_AFTER.format(ok_calls=16))
+    line = _train_exits_2_with_one_line(tmp_path, capsys, f"{reward}:score")
+    assert line.startswith("reward error: score: error: RuntimeError: the checker broke (16 of 16 samples failed")

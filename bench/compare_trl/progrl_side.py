@@ -6,6 +6,8 @@ The plan (written by run.py) names the initial model folder, the algorithm, the 
 and the hyperparameters shared with the TRL side. The RL loop is progrl's own
 ``Trainer.rl_step`` (rollout, programmed reward, advantages, update) plus its metrics log;
 the held-out evaluation before/after RL is left out so that both sides time only training.
+``"precision": "bf16"`` in the plan runs progrl with ``model.precision = "bf16"`` (autocast over
+float32 master weights; the old log-probs and values are re-scored by the update's pass).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ def overrides(plan: dict) -> dict:
     h = plan["hparams"]
     common = {
         "seed": plan["seed"], "steps": plan["steps"], "device": "cpu", "threads": plan["threads"],
-        "model": {"name": plan["model_dir"]},
+        "model": {"name": plan["model_dir"], "precision": plan.get("precision", "fp32")},
         "sft": {"examples": 0},
         "rollout": {"max_new_tokens": 1, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
         "log": {"progress": False, "tensorboard": False, "plot": False, "checkpoint_every": 0},
@@ -111,8 +113,8 @@ def main(plan_path: str, result_path: str) -> int:
     trainer.policy.lm.save_pretrained(out / "final")
     trainer.tokenizer.save_pretrained(out / "final")
     n = steps_run * r.batch_size * r.num_generations
-    write_result(result_path, side="progrl", algo=plan["algo"], samples=n, loop_s=loop_s, loop_cpu_s=loop_cpu_s,
-                 snapshots=snaps.saved, samples_per_step=r.batch_size * r.num_generations,
+    write_result(result_path, side="progrl", precision=cfg.model.precision, algo=plan["algo"], samples=n, loop_s=loop_s,
+                 loop_cpu_s=loop_cpu_s, snapshots=snaps.saved, samples_per_step=r.batch_size * r.num_generations,
                  setup_s=setup_s, samples_per_s=n / loop_s, step_rewards=rewards, step_ends=step_ends,
                  time_split={k: sum(x[k] for x in rows) for k in rows[0]},
                  value_head=trainer.policy.value_head is not None,

@@ -308,6 +308,12 @@ def markdown(report: dict) -> str:
             lines.append(f"| {title} | {name} | {s['samples_per_s']:.1f} | {s['steady_samples_per_s']:.1f} | "
                          f"{s['peak_rss_mb']:.0f} | {s['reward_last']:.3f} ± {s['reward_last_se']:.3f} | "
                          f"{ev['accuracy']:.3f} | {ev['mean_reward']:.3f} | {s['loop_s']:.1f} |")
+        if comp.get("progrl_bf16"):
+            s = comp["progrl_bf16"]
+            ev = s["eval"]
+            lines.append(f"| {title} | progrl, bf16 autocast (`model.precision = \"bf16\"`) | {s['samples_per_s']:.1f} | "
+                         f"{s['steady_samples_per_s']:.1f} | {s['peak_rss_mb']:.0f} | {s['reward_last']:.3f} ± "
+                         f"{s['reward_last_se']:.3f} | {ev['accuracy']:.3f} | {ev['mean_reward']:.3f} | {s['loop_s']:.1f} |")
         for dtype, f in comp.get("floor", {}).items():
             lines.append(f"| {title} | model-work floor, {dtype} (the model passes only, no RL code) | "
                          f"{f['samples_per_s']:.1f} | {f['steady_samples_per_s']:.1f} | {f['peak_rss_mb']:.0f} | - | - | - "
@@ -340,6 +346,11 @@ def markdown(report: dict) -> str:
             ours = comp["progrl"]["samples_per_s"] / floor["float32"]["samples_per_s"]
             lines.append(f"  Ceiling for any implementation of these passes (model-work floor / TRL, loop "
                          f"samples/s): {', '.join(parts)}; progrl runs at {ours:.2f}x the float32 floor.")
+            b = comp.get("progrl_bf16")
+            if b and "bfloat16" in floor:
+                lines.append(f"  progrl under bf16 autocast: {b['samples_per_s'] / trl_sps:.2f}x classic TRL (fp32), "
+                             f"{b['samples_per_s'] / floor['bfloat16']['samples_per_s']:.2f}x the bfloat16 floor "
+                             f"({b['samples_per_s'] / comp['progrl']['samples_per_s']:.2f}x progrl in float32).")
     lines += ["", *report.get("notes", [])]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -359,6 +370,8 @@ def main(argv=None) -> int:
     p.add_argument("--only", choices=["grpo", "ppo", "all"], default="all")
     p.add_argument("--no-floor", dest="floor", action="store_false",
                    help="skip the PPO model-work floor (floor_side.py, fp32 and bf16)")
+    p.add_argument("--no-bf16", dest="bf16", action="store_false",
+                   help="skip the PPO side of progrl under bf16 autocast (model.precision = \"bf16\")")
     p.add_argument("--out", default=str(ROOT / "bench" / "out" / "compare_trl"))
     p.add_argument("--venvs", default=str(ROOT / "bench" / "out"), help="where the TRL virtual environments live")
     p.add_argument("--markdown", help="write the table into this markdown file (section '## progrl vs TRL')")
@@ -420,6 +433,13 @@ def main(argv=None) -> int:
             runs["trl"].append(run_side(pythons[theirs[0]], theirs[1], plan, out / f"{tag}-trl{sfx}",
                                         f"{tag} {trl_name} (run {rep + 1}/{args.repeats})"))
         res_p, res_t = combine(runs["progrl"]), combine(runs["trl"])
+        bf16 = None
+        if tag == "ppo" and args.bf16:  # progrl under bf16 autocast, against the bf16 floor
+            bf16_runs = [run_side(pythons[ours[0]], ours[1], {**plan, "precision": "bf16"},
+                                  out / f"{tag}-progrl-bf16" / f"r{rep}",
+                                  f"{tag} progrl, bf16 autocast (run {rep + 1}/{args.repeats})")
+                         for rep in range(args.repeats)]
+            bf16 = combine(bf16_runs)
         floors = {}
         if tag == "ppo" and args.floor:  # the model passes alone: the ceiling of any implementation
             for dtype in ("float32", "bfloat16"):
@@ -430,7 +450,9 @@ def main(argv=None) -> int:
                 floors[dtype] = {"samples_per_s": best["samples_per_s"],
                                  "steady_samples_per_s": best["steady_samples_per_s"],
                                  "peak_rss_mb": best["peak_rss_mb"], "loop_s": best["loop_s"]}
-        for res, label in ((res_p, "progrl"), (res_t, "trl")):
+        for res, label in ((res_p, "progrl"), (res_t, "trl"), (bf16, "progrl-bf16")):
+            if res is None:
+                continue
             res["eval"] = evaluate(res["final_model"], args.eval_prompts, args.threads, out / f"{tag}-{label}" / "eval")
             say(f"{tag} {label}: held-out accuracy {res['eval']['accuracy']:.3f}, reward {res['eval']['mean_reward']:.3f}")
         sp, st = summarise(res_p, args.last), summarise(res_t, args.last)
@@ -446,7 +468,7 @@ def main(argv=None) -> int:
                        "reward_diff": sp["reward_last"] - st["reward_last"],
                        "accuracy_diff": sp["eval"]["accuracy"] - st["eval"]["accuracy"],
                        "eval_reward_diff": sp["eval"]["mean_reward"] - st["eval"]["mean_reward"]},
-            "raw": runs, "floor": floors,
+            "raw": runs, "floor": floors, **({"progrl_bf16": summarise(bf16, args.last)} if bf16 else {}),
         })
 
     cmd = "python bench/compare_trl/run.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()

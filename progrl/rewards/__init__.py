@@ -20,8 +20,10 @@ _EXPORTS = {
     "RewardFunctionConfig": "progrl.rewards.config",
     "RewardEngine": "progrl.rewards.engine",
     "RewardResult": "progrl.rewards.engine",
+    "RewardFailureError": "progrl.rewards.engine",
     "RewardSpecError": "progrl.rewards.spec",
     "RewardBackendError": "progrl.rewards.jobs",
+    "SampleFailure": "progrl.rewards.failures",
 }
 
 __all__ = [
@@ -30,15 +32,17 @@ __all__ = [
     "RewardBackendError",
     "RewardConfig",
     "RewardEngine",
+    "RewardFailureError",
     "RewardFunctionConfig",
     "RewardResult",
     "RewardSpecError",
+    "SampleFailure",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
     from progrl.rewards.config import RewardConfig, RewardFunctionConfig
-    from progrl.rewards.engine import RewardEngine, RewardResult
-    from progrl.rewards.failures import FAILURE_KINDS, Outcome
+    from progrl.rewards.engine import RewardEngine, RewardFailureError, RewardResult
+    from progrl.rewards.failures import FAILURE_KINDS, Outcome, SampleFailure
     from progrl.rewards.jobs import RewardBackendError
     from progrl.rewards.spec import RewardSpecError
 

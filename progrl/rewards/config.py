@@ -11,11 +11,17 @@ Defaults and their reasons (see docs/rewards.md for the user-facing version):
   non-compiling answer. A crash is an engine error seen from outside the process.
 - ``on_nan = 0.0``: the paper maps NaN to 0.
 - ``on_inf = on_type = on_length = 0.0``: nothing in the paper; 0 is the neutral value.
-- ``on_none = 0.0``: TRL's convention: ``None`` means "this function does not apply to
-  this sample", i.e. it adds nothing to the weighted sum.
+- ``on_none = "skip"``: TRL's convention (``GRPOTrainer`` turns ``None`` into NaN and sums
+  the functions with ``nansum``; a sample every function left out gets reward NaN, stays
+  out of the group baseline and gets advantage 0): ``None`` means "this function does not
+  apply to this sample". It adds nothing to the weighted sum, and a sample for which every
+  function skipped (with one function: returned ``None``) is dropped.
+- ``max_failure_fraction = 1.0``: a step in which every sample failed, all for the same
+  reason, stops the run (a reward that cannot work at all must not train on constants).
 
-Every ``on_*`` value may instead be ``"drop"``: the sample then gets no reward and is left
-out of the policy update.
+Every ``on_*`` value may instead be ``"drop"`` (the sample gets no reward and is left out
+of the policy update) or ``"skip"`` (this function adds nothing to the sample's weighted
+sum; a sample that every function skips is dropped).
 """
 
 from __future__ import annotations
@@ -23,9 +29,9 @@ from __future__ import annotations
 import math
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-FailureValue = Union[float, Literal["drop"]]
+FailureValue = Union[float, Literal["drop", "skip"]]
 
 
 class RewardFunctionConfig(BaseModel):
@@ -34,7 +40,7 @@ class RewardFunctionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     fn: str = Field(min_length=1)  # "path/to/file.py:function" or "package.module:function"
-    weight: float = 1.0
+    weight: float = 1.0  # weight in the sum over functions
     name: str | None = None  # key in per-function results; default: the function's name
     kwargs: dict[str, Any] = {}  # extra keyword arguments passed on every call
     batched: bool | None = None  # None: detect from the signature (first parameter prompts/completions)
@@ -53,8 +59,9 @@ class RewardConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     functions: list[RewardFunctionConfig] = []  # empty: the task's own reward functions
-    backend: Literal["inline", "process", "ray"] = "process"
+    backend: Literal["inline", "process", "ray"] = "process"  # where reward functions run: inline (in the trainer), process (worker pool) or ray
     timeout: float = Field(10.0, gt=0)  # seconds per call of a reward function (hard for process/ray)
+    load_timeout: float | None = Field(None, gt=0)  # seconds to import the functions in a worker; None: timeout
     workers: int = Field(2, ge=1)  # worker processes (process) or actors (ray)
     memory_mb: int | None = Field(None, ge=16)  # address space a call may add in a worker (RLIMIT_AS)
     batch_size: int = Field(32, ge=1)  # max samples per message to a worker / per batched call
@@ -62,15 +69,20 @@ class RewardConfig(BaseModel):
     cache_size: int = Field(100_000, ge=1)  # entries kept per function (least recently used dropped)
     show_output: bool = False  # let reward functions' stdout/stderr through (default: discarded)
     ray_address: str | None = None  # None: connect to a running Ray instance or start a local one
+    sandbox: bool = False  # process backend: run each worker in a bubblewrap sandbox (docs/rewards.md)
+    sandbox_network: bool = False  # with sandbox: keep the host's network (default: none at all)
+    # stop the run when at least this fraction of a step's samples failed, all for one reason
+    # (same function, same kind; None results do not count); "never": do not stop
+    max_failure_fraction: Union[float, Literal["never"]] = 1.0
 
-    on_timeout: FailureValue = 0.01
-    on_error: FailureValue = 0.01
-    on_crash: FailureValue = 0.01
-    on_nan: FailureValue = 0.0
-    on_inf: FailureValue = 0.0
-    on_none: FailureValue = 0.0
-    on_type: FailureValue = 0.0
-    on_length: FailureValue = 0.0
+    on_timeout: FailureValue = 0.01  # value of a call past the timeout, or "drop"
+    on_error: FailureValue = 0.01  # value when the function raised, or "drop"
+    on_crash: FailureValue = 0.01  # value when the worker died or ran out of memory, or "drop"
+    on_nan: FailureValue = 0.0  # value for a NaN result, or "drop"
+    on_inf: FailureValue = 0.0  # value for an infinite result, or "drop"
+    on_none: FailureValue = "skip"  # value for None ("this function does not apply"): "skip" (TRL's convention), a number, or "drop"
+    on_type: FailureValue = 0.0  # value for a non-number result, or "drop"
+    on_length: FailureValue = 0.0  # value when a batched function returned the wrong number of values, or "drop"
 
     @field_validator("functions", mode="before")
     @classmethod
@@ -84,16 +96,34 @@ class RewardConfig(BaseModel):
                      "on_length")
     @classmethod
     def _finite_failure_value(cls, v: FailureValue) -> FailureValue:
-        if v != "drop" and not math.isfinite(v):
-            raise ValueError('must be a finite number or "drop"')
+        if v not in ("drop", "skip") and not math.isfinite(v):
+            raise ValueError('must be a finite number, "drop" or "skip"')
         return v
 
-    def failure_policy(self) -> dict[str, float | None]:
-        """Value given to each failure kind; ``None`` means the sample is dropped."""
+    @field_validator("max_failure_fraction")
+    @classmethod
+    def _fraction(cls, v: float | str) -> float | str:
+        if v != "never" and not 0 < v <= 1:
+            raise ValueError('must be a fraction in (0, 1] or "never"')
+        return v
+
+    @model_validator(mode="after")
+    def _sandbox_needs_process(self) -> "RewardConfig":
+        if self.sandbox and self.backend != "process":
+            raise ValueError(f'sandbox = true needs backend = "process" (got "{self.backend}")')
+        return self
+
+    @property
+    def effective_load_timeout(self) -> float:
+        """Seconds a worker may take to import the reward functions."""
+        return self.load_timeout if self.load_timeout is not None else self.timeout
+
+    def failure_policy(self) -> dict[str, float | str | None]:
+        """Value given to each failure kind; ``None`` means the sample is dropped, ``"skip"`` adds nothing."""
         from progrl.rewards.failures import FAILURE_KINDS
 
-        policy: dict[str, float | None] = {}
+        policy: dict[str, float | str | None] = {}
         for kind in FAILURE_KINDS:
             v = getattr(self, f"on_{kind}")
-            policy[kind] = None if v == "drop" else float(v)
+            policy[kind] = None if v == "drop" else "skip" if v == "skip" else float(v)
         return policy

@@ -1,11 +1,14 @@
 """The reward engine: every reward in progrl goes through :class:`RewardEngine`.
 
-It resolves the configured functions (failing early, in the trainer, with one
-:class:`~progrl.rewards.spec.RewardSpecError` line when one does not exist), cuts each batch
-into jobs, runs them on a backend (inline, process pool or Ray), turns failures into values
-with the configured policy, caches, weights and counts. It never raises because a reward
-function misbehaved: that is reported in :attr:`RewardResult.failures`, in
-:attr:`RewardEngine.totals` and once per (function, failure kind) in the log.
+It names the configured functions, has the backend load them (the process and Ray
+backends import them in their workers, never in the trainer; failing early, with one
+:class:`~progrl.rewards.spec.RewardSpecError` line, when one cannot be loaded), cuts each
+batch into jobs, runs them on a backend (inline, process pool or Ray), turns failures into
+values with the configured policy, caches, weights and counts. It never raises because a
+reward function misbehaved: that is reported in :attr:`RewardResult.failures`, in
+:attr:`RewardEngine.totals` and once per (function, failure kind) in the log. Only
+:meth:`RewardEngine.check_failures`, called by the trainer after each scoring, raises
+:class:`RewardFailureError` when a whole step failed for one reason.
 
 Not thread-safe: one engine is used by one thread at a time.
 """
@@ -17,16 +20,16 @@ import math
 import pickle
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from progrl.rewards.cache import RewardCache, sample_keys
 from progrl.rewards.config import RewardConfig
 from progrl.rewards.failures import Outcome, empty_counts, failure, format_failures
 from progrl.rewards.jobs import Backend, Job, RewardBackendError
-from progrl.rewards.policy import apply_policy, combine, count_failures
-from progrl.rewards.spec import FunctionSpec, LoadedFunction, RewardSpecError, absolute_spec, callable_name, load, \
-    split_spec
+from progrl.rewards.policy import SKIP, apply_policy, combine, count_failures
+from progrl.rewards.spec import FunctionSpec, RewardSpecError, absolute_spec, callable_name, precheck, split_spec
+from progrl.rewards.wire import FunctionInfo
 
 log = logging.getLogger("progrl.rewards")
 
@@ -35,16 +38,27 @@ MAX_ERRORS = 10  # failure messages kept per RewardResult
 DefaultFunction = tuple[str | Callable, float] | str | Callable
 
 
+class RewardFailureError(RuntimeError):
+    """A step in which (at least ``max_failure_fraction`` of) the samples failed, all for one reason.
+
+    ``str()`` is the one line to show, e.g. ``reward error: correct: error: TypeError: ...
+    (16 of 16 samples failed; set reward.max_failure_fraction to change this)``.
+    """
+
+
 @dataclass
 class RewardResult:
     """Rewards of one batch."""
 
     rewards: list[float | None]  # weighted sum per sample; None = dropped from the update
     failures: dict[str, int]  # failed evaluations by kind (every kind present), one per (sample, function)
-    per_function: dict[str, list[float | None]]  # each function's values after the failure policy
+    per_function: dict[str, list[float | None]]  # each function's values after the failure policy (None: none)
     errors: list[str] = field(default_factory=list)  # up to MAX_ERRORS "name: kind: message" lines
     cache_hits: int = 0  # evaluations answered from the cache
     seconds: float = 0.0  # wall time of score()
+    failed_samples: int = 0  # samples with at least one failure other than "none"
+    reasons: dict[tuple[str, str], str] = field(default_factory=dict)  # (function, kind) -> its first message
+    function_failures: dict[str, dict[str, int]] = field(default_factory=dict)  # failures by function, then kind
 
     @property
     def n_failed(self) -> int:
@@ -95,26 +109,38 @@ def _check_picklable(spec: FunctionSpec) -> None:
             f"\"inline\" ({type(exc).__name__}: {exc})") from None
 
 
-def make_backend(cfg: RewardConfig, loaded: Sequence[LoadedFunction]) -> Backend:
-    """The backend named by ``cfg.backend`` for these (already loaded) functions."""
-    specs = [replace(lf.spec, batched=lf.batched) for lf in loaded]  # detect once, here
-    batched = [lf.batched for lf in loaded]
+def make_backend(cfg: RewardConfig, specs: Sequence[FunctionSpec]) -> Backend:
+    """The backend named by ``cfg.backend`` for these functions (not loaded yet; :meth:`Backend.describe` does).
+
+    The inline backend imports the functions here, in this process. The process and Ray
+    backends only check what needs no import (files exist, packages are installed); their
+    workers import the functions.
+    """
     common = dict(workers=cfg.workers, timeout=cfg.timeout, batch_size=cfg.batch_size, memory_mb=cfg.memory_mb,
                   show_output=cfg.show_output)
     if cfg.backend == "inline":
         from progrl.rewards.inline import InlineBackend
 
-        return InlineBackend(loaded, timeout=cfg.timeout, batch_size=cfg.batch_size, show_output=cfg.show_output)
+        return InlineBackend(specs, timeout=cfg.timeout, batch_size=cfg.batch_size, show_output=cfg.show_output)
+    for s in specs:
+        precheck(s)
     if cfg.backend == "process":
         from progrl.rewards.process_pool import ProcessBackend
 
         for s in specs:
             _check_picklable(s)
-        return ProcessBackend(specs, batched, **common)
+        if cfg.sandbox:
+            from progrl.rewards.sandbox import sandbox_problem
+
+            problem = sandbox_problem(cfg.sandbox_network)
+            if problem is not None:
+                raise RewardSpecError(problem)
+        return ProcessBackend(specs, load_timeout=cfg.effective_load_timeout, sandbox=cfg.sandbox,
+                              sandbox_network=cfg.sandbox_network, **common)
     if cfg.backend == "ray":
         from progrl.rewards.ray_backend import RayBackend
 
-        return RayBackend(specs, batched, address=cfg.ray_address, **common)
+        return RayBackend(specs, address=cfg.ray_address, load_timeout=cfg.effective_load_timeout, **common)
     raise ValueError(f"unknown reward backend {cfg.backend!r}")
 
 
@@ -135,9 +161,9 @@ class RewardEngine:
         if not specs:
             raise RewardSpecError("no reward functions: set [reward] functions = [\"file.py:function\"] "
                                   "(this task has no reward of its own)")
-        self.loaded: list[LoadedFunction] = [load(s) for s in specs]  # RewardSpecError early, in the trainer
-        self.names = [lf.spec.name for lf in self.loaded]
-        self.weights = [lf.spec.weight for lf in self.loaded]
+        self.specs = specs
+        self.names = [s.name for s in specs]
+        self.weights = [s.weight for s in specs]
         self.policy = self.cfg.failure_policy()
         self.totals: dict[str, int] = empty_counts()
         self.calls = 0  # score() calls
@@ -146,7 +172,13 @@ class RewardEngine:
         self._parallel = 1 if self.cfg.backend == "inline" else self.cfg.workers
         self._warned: set[tuple[str, str]] = set()
         self._closed = False
-        self.backend: Backend = make_backend(self.cfg, self.loaded)
+        self.backend: Backend = make_backend(self.cfg, specs)
+        try:  # loads the functions (in the workers for process / ray): RewardSpecError early, in one line
+            self.functions: list[FunctionInfo] = self.backend.describe()
+        except BaseException:
+            self._closed = True
+            self.backend.close()
+            raise
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -179,11 +211,11 @@ class RewardEngine:
         t0 = time.monotonic()
         prompts, completions, cols = self._check_inputs(prompts, completions, columns)
         n = len(prompts)
-        outcomes: list[list[Outcome | None]] = [[None] * n for _ in self.loaded]
+        outcomes: list[list[Outcome | None]] = [[None] * n for _ in self.names]
         keys = sample_keys(prompts, completions, cols) if self._caches is not None else None
         hits = 0
         jobs: list[Job] = []
-        for fi in range(len(self.loaded)):
+        for fi in range(len(self.names)):
             todo = []
             for i in range(n):
                 if keys is not None and self._caches is not None:
@@ -201,12 +233,21 @@ class RewardEngine:
 
         counts = empty_counts()
         errors: list[str] = []
-        per_function: dict[str, list[float | None]] = {}
+        values = []
+        failed = [False] * n
+        reasons: dict[tuple[str, str], str] = {}
+        by_function: dict[str, dict[str, int]] = {}
         for fi, name in enumerate(self.names):
             row = [o if o is not None else failure("error", "no result (internal error)") for o in outcomes[fi]]
             count_failures(row, counts)
-            per_function[name] = [apply_policy(o, self.policy) for o in row]
+            by_function[name] = empty_counts()
+            count_failures(row, by_function[name])
+            values.append([apply_policy(o, self.policy) for o in row])
             self._report(name, row, errors)
+            for i, o in enumerate(row):
+                if o.kind is not None and o.kind != "none":
+                    failed[i] = True
+                    reasons.setdefault((name, o.kind), f"{name}: {o.kind}: {o.message}")
             if keys is not None and self._caches is not None:
                 for i, o in enumerate(row):
                     if o.kind is None and o.value is not None:
@@ -214,9 +255,28 @@ class RewardEngine:
         for kind, c in counts.items():
             self.totals[kind] += c
         self.calls += 1
-        self.evaluations += n * len(self.loaded)
-        rewards = combine([per_function[name] for name in self.names], self.weights)
-        return RewardResult(rewards, counts, per_function, errors, hits, time.monotonic() - t0)
+        self.evaluations += n * len(self.names)
+        rewards = combine(values, self.weights)
+        per_function = {name: [None if v == SKIP else v for v in row] for name, row in zip(self.names, values)}
+        return RewardResult(rewards, counts, per_function, errors, hits, time.monotonic() - t0,
+                            failed_samples=sum(failed), reasons=reasons, function_failures=by_function)
+
+    def check_failures(self, result: RewardResult) -> None:
+        """Raise :class:`RewardFailureError` when ``result`` failed as a whole for one reason.
+
+        That is: at least ``max_failure_fraction`` of its samples have a failure (``None``
+        results do not count: they are an answer, "no reward here"), and every failure of
+        the batch has the same function and kind. The message names the first failure.
+        """
+        limit = self.cfg.max_failure_fraction
+        n = len(result.rewards)
+        if limit == "never" or n == 0 or result.failed_samples == 0 or len(result.reasons) != 1:
+            return
+        if result.failed_samples / n + 1e-12 < float(limit):
+            return
+        (first,) = result.reasons.values()
+        raise RewardFailureError(f"reward error: {first} ({result.failed_samples} of {n} samples failed; "
+                                 "set reward.max_failure_fraction to change this)")
 
     def _check_inputs(self, prompts: Sequence[str], completions: Sequence[str],
                       columns: Mapping[str, Sequence[Any]] | None) -> tuple[list[str], list[str], dict[str, list]]:
@@ -239,11 +299,13 @@ class RewardEngine:
         if not todo:
             return []
         size = max(1, min(self.backend.max_chunk(fi), math.ceil(len(todo) / self._parallel)))
+        accepts = self.functions[fi].accepts
+        wanted = {k: v for k, v in cols.items() if accepts is None or k in accepts}  # send only what it takes
         jobs = []
         for start in range(0, len(todo), size):
             pos = todo[start:start + size]
             jobs.append(Job(fi, pos, [prompts[i] for i in pos], [completions[i] for i in pos],
-                            {k: [v[i] for i in pos] for k, v in cols.items()}))
+                            {k: [v[i] for i in pos] for k, v in wanted.items()}))
         return jobs
 
     def _report(self, name: str, row: Sequence[Outcome], errors: list[str]) -> None:

@@ -1,9 +1,11 @@
 """Process-level safety measures for code that runs reward functions in a worker.
 
 Used by the process backend's workers and the Ray actors: a memory cap (RLIMIT_AS),
-discarding stdout/stderr floods, a process group so that the reward's own subprocesses die
-with the worker, and dying with the parent. POSIX only; each helper is a no-op where the
-platform lacks the facility.
+discarding stdout/stderr floods, a session of its own so that the reward's own
+subprocesses die with the worker, dying with the parent, and (best effort, without the
+sandbox) finding and killing every descendant, also those that left the worker's session:
+the worker is their *child subreaper*, so orphans stay below it. POSIX only; each helper is
+a no-op where the platform lacks the facility.
 """
 
 from __future__ import annotations
@@ -82,17 +84,26 @@ def discard_output() -> None:
         os.close(fd)
 
 
-def _set_parent_death_signal() -> None:
-    """Linux: SIGKILL this process when the thread that started it dies."""
+def _prctl(option: int, arg: int) -> bool:
     if not sys.platform.startswith("linux"):
-        return
+        return False
     try:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        return libc.prctl(option, arg, 0, 0, 0) == 0
     except Exception:
-        pass
+        return False
+
+
+def _set_parent_death_signal() -> None:
+    """Linux: SIGKILL this process when the thread that started it dies."""
+    _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def become_subreaper() -> bool:
+    """Linux: orphaned descendants are re-parented to this process instead of init (PR_SET_CHILD_SUBREAPER)."""
+    return _prctl(36, 1)
 
 
 def _watch_parent(parent_pid: int, period: float) -> None:
@@ -103,37 +114,105 @@ def _watch_parent(parent_pid: int, period: float) -> None:
 
 
 def kill_own_group() -> None:
-    """SIGKILL this process's group (this process and the subprocesses it started)."""
+    """SIGKILL this process's descendants and group (the subprocesses it started), then exit."""
     try:
+        kill_tree(os.getpid(), include_root=False)
         os.killpg(os.getpgrp(), signal.SIGKILL)
     finally:
         os._exit(1)
 
 
-def isolate_worker(parent_pid: int, parent_death_signal: bool) -> None:
-    """Make this (freshly started) worker its own process group and tie its life to the parent.
+def isolate_worker(parent_pid: int | None, parent_death_signal: bool) -> None:
+    """Tie this (freshly started) worker's life to the parent, and keep its descendants below it.
 
-    - a new process group: the supervisor kills the whole group on timeout, so that a
-      compiler or game engine the reward started does not outlive it; it also keeps the
-      terminal's Ctrl-C away from workers (the trainer handles it and closes the pool);
+    The worker was started in a session of its own (``start_new_session``): the supervisor
+    kills the whole process group on timeout, so that a compiler or game engine the reward
+    started does not outlive it, and the terminal's Ctrl-C does not reach it (the trainer
+    handles Ctrl-C and closes the pool). Here:
+
     - SIGINT ignored, for the same reason when the group is shared;
+    - child subreaper: a descendant that leaves the session (``setsid``) and loses its
+      parent stays below this worker, where :func:`kill_tree` finds it;
     - parent death: ``PR_SET_PDEATHSIG`` (when the parent asked for it, i.e. the pool was
-      created by the parent's main thread) plus a watchdog thread polling ``getppid``.
+      created by the parent's main thread) plus a watchdog thread polling ``getppid``
+      (``parent_pid`` None: inside the sandbox, whose own init is the parent).
     """
-    try:
-        os.setpgrp()
-    except (AttributeError, OSError):
-        pass
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     except (ValueError, OSError):
         pass
+    become_subreaper()
     if parent_death_signal:
         _set_parent_death_signal()
-    if os.getppid() != parent_pid:  # the parent died before we got here
+    expected = os.getppid() if parent_pid is None else parent_pid
+    if os.getppid() != expected:  # the parent died before we got here
         kill_own_group()
-    threading.Thread(target=_watch_parent, args=(parent_pid, 0.5), daemon=True,
+    threading.Thread(target=_watch_parent, args=(expected, 0.5), daemon=True,
                      name="progrl-parent-watch").start()
+
+
+# ----------------------------------------------------------------------------- descendants (Linux /proc)
+
+
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every process, from /proc (empty where there is no /proc)."""
+    out: dict[int, int] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return out
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+            out[int(entry)] = int(stat[stat.rindex(b")") + 2:].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def descendants(root: int) -> list[int]:
+    """Every live descendant of ``root`` (children first), found through /proc."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid in _parents().items():
+        children.setdefault(ppid, []).append(pid)
+    out, frontier = [], [root]
+    while frontier:
+        for child in children.get(frontier.pop(), ()):
+            if child not in out and child != root:
+                out.append(child)
+                frontier.append(child)
+    return out
+
+
+def kill_tree(root: int, include_root: bool = True) -> None:
+    """SIGKILL ``root`` and all its descendants, whatever their session or process group.
+
+    Stops them first (SIGSTOP, repeated until no new process appears) so that none can fork
+    away while the tree is being killed. ``root`` must not have been reaped yet (a zombie
+    is fine), or its pid might belong to someone else by now.
+    """
+    seen: list[int] = [root] if include_root else []
+    for pid in seen:
+        _signal(pid, signal.SIGSTOP)
+    for _ in range(10):
+        new = [p for p in descendants(root) if p not in seen]
+        if not new:
+            break
+        for pid in new:
+            _signal(pid, signal.SIGSTOP)
+        seen += new
+    for pid in seen:
+        _signal(pid, signal.SIGKILL)
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError, OSError):
+        pass
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from progrl.rewards.failures import Outcome
+from progrl.rewards.wire import FunctionInfo
 
 
 class RewardBackendError(RuntimeError):
@@ -56,6 +57,12 @@ class Backend(Protocol):
     def start(self) -> None:
         """Start workers now (otherwise they start on the first :meth:`run`)."""
 
+    def describe(self) -> list[FunctionInfo]:
+        """What each function is (batched, keywords), once it is loaded wherever it runs.
+
+        Raises RewardSpecError (one line) when a function cannot be loaded there.
+        """
+
     def run(self, jobs: list[Job]) -> Results:
         """Evaluate every job; one outcome per (function, position) of every job."""
 
@@ -67,9 +74,10 @@ class SupervisedBackend:
     """The scheduling loop shared by the process and Ray backends.
 
     Subclasses keep ``self._workers``: objects with a ``state`` (``"starting"``, ``"idle"``,
-    ``"busy"``, ...) and implement :meth:`start`, :meth:`_send` (hand a job to an idle
-    worker), :meth:`_wait` (wait for a result or a deadline and handle it, re-queueing jobs
-    that must run again) and :meth:`_replace` (kill a worker and start a new one).
+    ``"busy"``, ...) and implement :meth:`start`, :meth:`describe`, :meth:`_send` (hand a
+    job to an idle worker), :meth:`_wait` (wait for a result or a deadline and handle it,
+    re-queueing jobs that must run again) and :meth:`_replace` (kill a worker and start a
+    new one).
     """
 
     def __init__(self, functions: Sequence[Any], batched: Sequence[bool], *, workers: int, timeout: float,
@@ -97,6 +105,10 @@ class SupervisedBackend:
     def _replace(self, worker: Any) -> None:
         raise NotImplementedError
 
+    def _abandon(self, worker: Any) -> None:
+        """Give up on a busy worker after an exception (Ctrl-C): by default, replace it."""
+        self._replace(worker)
+
     def run(self, jobs: list[Job]) -> Results:
         """Evaluate every job; see :class:`Backend`."""
         results: Results = {}
@@ -113,6 +125,6 @@ class SupervisedBackend:
         except BaseException:  # abandoned jobs: their workers are no longer in step with us
             for w in list(self._workers):
                 if w.state == "busy":
-                    self._replace(w)
+                    self._abandon(w)
             raise
         return results

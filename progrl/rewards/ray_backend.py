@@ -2,11 +2,18 @@
 
 ``pip install 'progrl[ray]'``. Ray is imported only when this backend is used.
 
-- ``workers`` actors (1 CPU each) load the functions once and serve one call at a time;
-  the driver only sends work to idle actors, so a call starts when it is sent and its
-  deadline is (send time + ``timeout``). Past it, the actor is killed (``ray.kill``) and
-  replaced; the samples of that call are ``timeout`` failures. A dead actor (abort,
+- ``workers`` actors (1 CPU each) import the functions (the driver does not: it learns
+  what it needs about them from the first actor, and an import that raises, hangs past
+  ``load_timeout`` or kills its actor is one RewardSpecError line), then serve one call at
+  a time; the driver only sends work to idle actors, so a call starts when it is sent and
+  its deadline is (send time + ``timeout``). Past it, the actor is killed (``ray.kill``)
+  and replaced; the samples of that call are ``timeout`` failures. A dead actor (abort,
   segfault, OOM) gives ``crash`` failures and is replaced as well.
+- Replies are the process backend's JSON lines (:mod:`progrl.rewards.wire`), returned as
+  ``bytes`` and validated on the driver; a malformed one is a ``crash``. What remains:
+  Ray's own transport deserialises every result with pickle on the driver, so a reward
+  that takes over its actor process (it runs there) could hand the driver a crafted
+  pickle through Ray. Use the process backend for code you do not trust (docs/rewards.md).
 - Per-sample functions are sent one sample per actor call so that a hang or a crash
   fails only its own sample; batched functions get up to ``batch_size`` samples per call.
   (Ray adds roughly a millisecond per call: use ``process`` for cheap rewards.)
@@ -30,14 +37,26 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from progrl.rewards.failures import Outcome, failure
+from progrl.rewards.failures import failure, safe_str, type_name
 from progrl.rewards.isolation import limit_address_space, output_discarded, restore_address_space
 from progrl.rewards.jobs import Job, Results, RewardBackendError, SupervisedBackend
-from progrl.rewards.spec import FunctionSpec, call_chunk, load
+from progrl.rewards.spec import FunctionSpec, RewardSpecError, call_chunk, info, load
+from progrl.rewards.wire import (
+    MAX_START_BYTES,
+    FunctionInfo,
+    ProtocolError,
+    decode,
+    encode_fatal,
+    encode_ready,
+    encode_reply,
+    max_reply_bytes,
+    parse_reply,
+    parse_start,
+)
 
 log = logging.getLogger("progrl.rewards")
 
-STARTUP_TIMEOUT = 120.0
+STARTUP_TIMEOUT = 120.0  # seconds for an actor process to come up (before it loads the functions)
 MAX_START_FAILURES = 3
 
 
@@ -52,56 +71,74 @@ def import_ray() -> Any:
 
 
 class RewardActor:
-    """The body of a Ray actor (made remote at run time, so that Ray stays optional)."""
+    """The body of a Ray actor (made remote at run time, so that Ray stays optional).
 
-    def __init__(self, functions: Sequence[FunctionSpec], memory_mb: int | None, show_output: bool) -> None:
-        self.error: str | None = None
-        self.loaded = []
-        try:
-            self.loaded = [load(f) for f in functions]
-        except BaseException as exc:
-            self.error = f"reward actor could not load its functions: {exc}"
+    Every method returns builtins only: an int, or ``bytes`` holding one JSON line.
+    """
+
+    def __init__(self, memory_mb: int | None, show_output: bool) -> None:
+        self.loaded: list = []
         self.memory_mb = memory_mb
         self.show_output = show_output
-
-    def ready(self) -> str | None:
-        """None when the functions are loaded, else the error."""
-        return self.error
 
     def pid(self) -> int:
         return os.getpid()
 
-    def evaluate(self, func: int, prompts: list[str], completions: list[str],
-                 columns: dict[str, list[Any]]) -> list[Outcome]:
+    def load(self, functions: Sequence[FunctionSpec]) -> bytes:
+        """Import the functions: a ready line with what they are, or a fatal line."""
+        try:
+            with output_discarded(not self.show_output):
+                self.loaded = [load(f) for f in functions]
+        except BaseException as exc:  # noqa: BLE001
+            msg = safe_str(exc)
+            if not msg.startswith("reward function"):
+                msg = f"reward actor could not load its functions: {type_name(exc)}: {msg}"
+            return encode_fatal(msg)
+        return encode_ready(os.getpid(), [info(lf) for lf in self.loaded])
+
+    def evaluate(self, job_id: int, func: int, prompts: list[str], completions: list[str],
+                 columns: dict[str, list[Any]]) -> bytes:
         soft = limit_address_space(self.memory_mb) if self.memory_mb else None
         try:
             with output_discarded(not self.show_output):
-                return call_chunk(self.loaded[func], prompts, completions, columns)
+                try:
+                    outcomes = call_chunk(self.loaded[func], prompts, completions, columns, interruptible=False)
+                except BaseException as exc:  # noqa: BLE001
+                    outcomes = [failure("error", f"reading the reward's result raised {type_name(exc)}: "
+                                                 f"{safe_str(exc)}")] * len(prompts)
         finally:
             restore_address_space(soft)
+        return encode_reply(job_id, outcomes, any(o.kind == "crash" for o in outcomes))
 
 
 class _Slot:
     """Driver-side state of one actor."""
 
-    def __init__(self, handle: Any, ready_ref: Any) -> None:
+    def __init__(self, handle: Any, ready_ref: Any, load_ref: Any) -> None:
         self.handle = handle
-        self.ref = ready_ref  # the ready() call while starting, the evaluate() call while busy
-        self.state = "starting"  # starting | idle | busy
+        self.ref = ready_ref  # pid() while starting, load() while loading, evaluate() while busy
+        self.load_ref = load_ref  # sent with pid(), so that the actor loads as soon as it is up
+        self.state = "starting"  # starting | loading | idle | busy
         self.since = time.monotonic()
         self.job: Job | None = None
+        self.job_id = 0
 
 
 class RayBackend(SupervisedBackend):
     """Actors on a Ray cluster, with the process backend's timeout and failure semantics."""
 
-    def __init__(self, functions: Sequence[FunctionSpec], batched: Sequence[bool], *, address: str | None = None,
-                 **options: Any) -> None:
+    def __init__(self, functions: Sequence[FunctionSpec], batched: Sequence[bool] | None = None, *,
+                 address: str | None = None, load_timeout: float | None = None, **options: Any) -> None:
         self.ray = import_ray()
-        super().__init__(functions, batched, **options)
+        super().__init__(functions, batched if batched is not None else [False] * len(functions), **options)
         self.address = address
+        self.load_timeout = load_timeout if load_timeout is not None else self.timeout
+        self.names = [f.name for f in self.functions]
+        self.labels = [f.source or f.name for f in self.functions]
+        self.infos: list[FunctionInfo] | None = None
         self._owns_ray = False
         self._actor_cls: Any = None
+        self._next_id = 0
 
     # ------------------------------------------------------------------ lifecycle
     def max_chunk(self, func: int) -> int:
@@ -122,8 +159,8 @@ class RayBackend(SupervisedBackend):
         self._actor_cls = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(RewardActor)
 
     def _new_slot(self) -> _Slot:
-        handle = self._actor_cls.remote(self.functions, self.memory_mb, self.show_output)
-        return _Slot(handle, handle.ready.remote())
+        handle = self._actor_cls.remote(self.memory_mb, self.show_output)
+        return _Slot(handle, handle.pid.remote(), handle.load.remote(self.functions))
 
     def start(self) -> None:
         if self._closed:
@@ -132,6 +169,13 @@ class RayBackend(SupervisedBackend):
             self._init_ray()
         while len(self._workers) < self.n_workers:
             self._workers.append(self._new_slot())
+
+    def describe(self) -> list[FunctionInfo]:
+        """Wait until an actor has imported the functions; what it reports about them."""
+        self.start()
+        while self.infos is None:
+            self._wait(deque(), {})
+        return self.infos
 
     def _kill(self, slot: _Slot) -> None:
         try:
@@ -160,15 +204,17 @@ class RayBackend(SupervisedBackend):
 
     # ------------------------------------------------------------------ running
     def _send(self, slot: _Slot, job: Job, queue: deque[Job]) -> None:
-        slot.job, slot.state, slot.since = job, "busy", time.monotonic()
-        slot.ref = slot.handle.evaluate.remote(job.func, job.prompts, job.completions, job.columns)
+        self._next_id += 1
+        slot.job, slot.job_id, slot.state, slot.since = job, self._next_id, "busy", time.monotonic()
+        slot.ref = slot.handle.evaluate.remote(slot.job_id, job.func, job.prompts, job.completions, job.columns)
 
     def _deadline(self, slot: _Slot) -> float:
-        return slot.since + (STARTUP_TIMEOUT if slot.state == "starting" else self.timeout)
+        limit = {"starting": STARTUP_TIMEOUT, "loading": self.load_timeout}.get(slot.state, self.timeout)
+        return slot.since + limit
 
     def _wait(self, queue: deque[Job], results: Results) -> None:
         ray = self.ray
-        active = [s for s in self._workers if s.state in ("starting", "busy")]
+        active = [s for s in self._workers if s.state in ("starting", "loading", "busy")]
         if not active:
             return
         refs = [s.ref for s in active]
@@ -184,31 +230,68 @@ class RayBackend(SupervisedBackend):
             elif now >= self._deadline(slot):
                 self._expire(slot, results)
 
+    def _get_line(self, slot: _Slot, limit: int) -> bytes:
+        """The result of the slot's call: must be one JSON line (``bytes``); ProtocolError otherwise."""
+        line = self.ray.get(slot.ref)  # Ray unpickles here (see the module docstring)
+        if type(line) is not bytes or not line.endswith(b"\n") or len(line) > limit:
+            raise ProtocolError(f"expected one JSON line, got {type_name(line)}")
+        return line[:-1]
+
+    def _loading_failed(self, slot: _Slot, message: str) -> None:
+        self._kill(slot)
+        what = f"reward function {self.labels[0]!r}" if len(self.labels) == 1 else "the reward functions"
+        if self.infos is None:
+            raise RewardSpecError(f"{what}: {message}")
+        self._start_failed(slot, message)
+
     def _collect(self, slot: _Slot, results: Results) -> None:
         ray = self.ray
         if slot.state == "starting":
             try:
-                error = ray.get(slot.ref)
+                ray.get(slot.ref)
             except ray.exceptions.RayError as exc:
                 self._start_failed(slot, f"{type(exc).__name__}: {exc}")
                 return
-            if error is not None:
-                raise RewardBackendError(error)
+            slot.state, slot.since = "loading", time.monotonic()  # the load runs now (queued after pid())
+            slot.ref = slot.load_ref
+            return
+        if slot.state == "loading":
+            try:
+                tag, payload = parse_start(decode(self._get_line(slot, MAX_START_BYTES)), self.names)
+            except ProtocolError as exc:
+                self._loading_failed(slot, f"malformed message from the reward actor ({exc})")
+                return
+            except ray.exceptions.RayError as exc:
+                self._loading_failed(slot, f"the reward actor died while loading it ({type(exc).__name__})")
+                return
+            if tag == "fatal":
+                self._kill(slot)
+                raise RewardSpecError(payload)
+            if self.infos is None:
+                self.infos = payload
+                self.batched = [i.batched for i in payload]
             slot.state = "idle"
             self._start_failures = 0
             return
         job = slot.job
         assert job is not None
+        replace = False
         try:
-            outcomes: list[Outcome] = ray.get(slot.ref)
+            outcomes, replace = parse_reply(decode(self._get_line(slot, max_reply_bytes(len(job.positions)))),
+                                            slot.job_id, len(job.positions))
+        except ProtocolError as exc:
+            outcomes = [failure("crash", f"malformed reply from the reward actor ({exc}); actor replaced")] * \
+                len(job.positions)
+            replace = True
         except ray.exceptions.RayTaskError as exc:
             outcomes = [failure("error", f"reward actor call failed: {exc}")] * len(job.positions)
         except ray.exceptions.RayError as exc:
             outcomes = [failure("crash", f"reward actor died ({type(exc).__name__})")] * len(job.positions)
+            replace = True
         for pos, outcome in zip(job.positions, outcomes):
             results[(job.func, pos)] = outcome
         slot.job, slot.state = None, "idle"
-        if any(o.kind == "crash" for o in outcomes):
+        if replace:
             self._replace(slot)
 
     def _expire(self, slot: _Slot, results: Results) -> None:
@@ -216,6 +299,10 @@ class RayBackend(SupervisedBackend):
             self._kill(slot)
             raise RewardBackendError(f"reward actor not ready after {STARTUP_TIMEOUT:.0f}s (not enough free CPUs "
                                      f"in the Ray cluster for {self.n_workers} actors of 1 CPU?)")
+        if slot.state == "loading":
+            self._loading_failed(slot, f"loading took longer than {self.load_timeout:g}s (actor killed; raise "
+                                       "reward.load_timeout for slow imports)")
+            return
         job = slot.job
         assert job is not None
         self._replace(slot)

@@ -5,8 +5,8 @@ A reward function is named by a string, ``"path/to/file.py:function"`` or
 Python callable. It is either
 
 - *batched*, TRL's GRPO shape: ``fn(prompts, completions, **columns) -> list[float | None]``
-  (called with keyword arguments; the first parameter is named ``prompts`` or
-  ``completions``), or
+  (called with keyword arguments; the first parameter is named ``prompts``, ``completions``,
+  ``completion_ids`` or ``prompt_ids`` -- TRL's token-id rewards take ``completion_ids``), or
 - *per-sample*: ``fn(prompt, completion, **columns) -> float`` (the first two arguments
   positionally, one column value per keyword).
 
@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from progrl.rewards.failures import Outcome, classify_batch, classify_exception, classify_value
+from progrl.rewards.wire import FunctionInfo
 
-BATCHED_FIRST_PARAMS = ("prompts", "completions")
+BATCHED_FIRST_PARAMS = ("prompts", "completions", "completion_ids", "prompt_ids")
 
 
 class RewardSpecError(ValueError):
@@ -201,6 +202,36 @@ def load(spec: FunctionSpec) -> LoadedFunction:
     return LoadedFunction(spec, fn, detect_batched(fn, spec.batched), accepted_keywords(fn))
 
 
+def info(loaded: LoadedFunction) -> FunctionInfo:
+    """What the trainer needs to know about a loaded function, as plain data."""
+    return FunctionInfo(loaded.spec.name, loaded.batched, loaded.accepts)
+
+
+def precheck(spec: FunctionSpec) -> None:
+    """The checks that need no import of the reward's code (the workers import it).
+
+    A file spec must name an existing file; a module spec's top-level package must be
+    findable (finding it runs none of its code). Everything else (attributes, import
+    errors) is reported by the worker that loads the function.
+    """
+    if not isinstance(spec.target, str):
+        return
+    label = spec.source or spec.target
+    where, _ = split_spec(spec.target)
+    if is_file_spec(where):
+        path = os.path.abspath(os.path.expanduser(where))
+        if not os.path.isfile(path):
+            raise RewardSpecError(f"reward function {label!r}: file not found: {path}")
+        return
+    top = where.split(".")[0]
+    try:
+        found = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        found = None
+    if found is None:
+        raise RewardSpecError(f"reward function {label!r}: no module named {top!r}")
+
+
 # ----------------------------------------------------------------------------- calling
 
 
@@ -214,14 +245,18 @@ def call_chunk(
     completions: Sequence[str],
     columns: Mapping[str, Sequence[Any]],
     stamp: Callable[[int], None] | None = None,
+    interruptible: bool = True,
 ) -> list[Outcome]:
     """Evaluate ``loaded`` on a chunk of samples; never raises (except KeyboardInterrupt).
 
     A batched function is called once for the whole chunk, a per-sample function once per
     sample. ``stamp(i)`` is called just before the call covering sample ``i`` (for batched
     functions: ``stamp(0)`` once) so that a supervisor can time each call and know which
-    sample was running when a worker hung or died.
+    sample was running when a worker hung or died. With ``interruptible`` False (workers,
+    which ignore SIGINT, so that only the reward itself can raise it) KeyboardInterrupt is
+    an ``error`` like any other exception.
     """
+    reraise: tuple[type[BaseException], ...] = (KeyboardInterrupt,) if interruptible else ()
     n = len(prompts)
     accepts = loaded.accepts
     extra = {k: v for k, v in loaded.spec.kwargs.items() if _keep(k, accepts)}
@@ -238,7 +273,7 @@ def call_chunk(
             stamp(0)
         try:
             result = fn(**kwargs)
-        except KeyboardInterrupt:
+        except reraise:
             raise
         except BaseException as exc:
             return [classify_exception(exc)] * n
@@ -254,7 +289,7 @@ def call_chunk(
             kw.update(extra)
         try:
             value = fn(prompts[i], completions[i], **kw)
-        except KeyboardInterrupt:
+        except reraise:
             raise
         except BaseException as exc:
             append(classify_exception(exc))

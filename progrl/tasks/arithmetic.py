@@ -24,7 +24,7 @@ class ArithmeticOptions(BaseModel):
 
     ops: str = Field("+*", pattern=r"^[+*]{1,2}$")  # operators to draw from
     max_chars: int = Field(10, ge=3, le=40)  # expressions are truncated to this length
-    max_operand: int = Field(10, ge=1, le=99)
+    max_operand: int = Field(10, ge=1, le=99)  # operands are drawn from 0..max_operand
     max_value: int = Field(100, ge=2, le=100)  # value (and every chain step) below this
     # Reward shaping for TRAINING only; held-out evaluation always uses the paper's reward.
     reward_scale: float = Field(10.0, gt=0.0)  # reward = 2 / (1 + exp(error / scale)); paper: 10
@@ -34,8 +34,8 @@ class ArithmeticOptions(BaseModel):
     # A curriculum on expression length for TRAINING prompts only (held-out prompts always use
     # max_chars): the length limit rises linearly from curriculum_start_chars to max_chars over
     # curriculum_steps RL steps. Scheduled by step, so it needs no held-out data.
-    curriculum_start_chars: int | None = Field(None, ge=3, le=40)
-    curriculum_steps: int = Field(0, ge=0)
+    curriculum_start_chars: int | None = Field(None, ge=3, le=40)  # training prompts' length limit at step 0 (None: no curriculum)
+    curriculum_steps: int = Field(0, ge=0)  # RL steps over which the limit rises to max_chars
 
 
 PAPER_SCALE = 10.0

@@ -11,7 +11,7 @@ from typing import Any, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-Record = dict[str, Any]  # {"prompt": str, **columns passed to the reward function}
+Record = dict[str, Any]  # {"prompt": str or list of chat messages, **columns passed to the reward function}
 
 
 class NoOptions(BaseModel):
@@ -24,6 +24,10 @@ class Task:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     Options: ClassVar[type[BaseModel]] = NoOptions
+    # held-out metrics `progrl train` prints before and after RL (those the task reports)
+    headline_metrics: ClassVar[tuple[str, ...]] = ("accuracy", "mean_reward")
+    # the text after which a supervised example's completion starts (sft.completion_only), if any
+    response_template: ClassVar[str | None] = None
 
     def __init__(self, options: BaseModel | None = None):
         self.options = options if options is not None else self.Options()
@@ -45,7 +49,25 @@ class Task:
         it here; the default does nothing."""
         return None
 
+    # --- model input ---------------------------------------------------------------
+    def render_prompt(self, prompt: Any) -> str:
+        """The text the model is given for a record's prompt (default: the prompt itself)."""
+        return prompt
+
+    def encode_prompts(self, tokenizer, prompts: list) -> list[list[int]]:
+        """Token ids of each prompt (default: the tokenizer on :meth:`render_prompt`, special tokens added)."""
+        return [tokenizer(self.render_prompt(p), add_special_tokens=True)["input_ids"] for p in prompts]
+
     # --- data ----------------------------------------------------------------------
+    def load_data(self) -> None:
+        """Read the task's data files; the trainer calls it before loading the model, so a bad
+        file is reported before minutes are spent on the model. The default does nothing."""
+        return None
+
+    def data_summary(self) -> str | None:
+        """One line saying where the task's prompts come from (the trainer prints it), or None."""
+        return None
+
     def train_records(self, n: int, seed: int, step: int) -> list[Record]:
         """``n`` training prompts for RL step ``step`` (a pure function of its arguments)."""
         raise NotImplementedError

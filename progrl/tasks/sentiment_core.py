@@ -27,6 +27,7 @@ from typing import Any, Iterable, Sequence
 __all__ = [
     "BUILTIN_PROMPTS_FILE",
     "clean_review_text",
+    "load_prompt_source",
     "load_prompt_texts",
     "make_prompts",
     "sentiment_analyzer",
@@ -144,48 +145,66 @@ def _builtin_lines() -> list[str]:
     return lines
 
 
-_TEXT_COLUMNS = ("review", "text")
+_TEXT_COLUMNS = ("review", "text", "prompt")
 _JSON_KEYS = ("text", "review", "prompt")
 
 
-def _is_index_column(name: str | None, values: list[str]) -> bool:
-    name = (name or "").strip()
-    if name and not (name.lower().startswith("unnamed") or name.lower() in {"index", "id", "idx"}):
-        return False
-    sample = [v for v in values[:50] if v is not None]
-    return bool(sample) and all(re.fullmatch(r"\s*-?\d+\s*", v or "") for v in sample)
+def _is_text_column(values: list[str]) -> bool:
+    """Most values read as text: at least half of the non-empty ones have two or more words
+    (an id like ``c-1002-beta``, a label or a number does not)."""
+    sample = [v for v in values[:500] if v and v.strip()]
+    return bool(sample) and sum(len(v.split()) >= 2 for v in sample) * 2 >= len(sample)
 
 
-def _read_csv(path: Path) -> list[str]:
+def _read_csv(path: Path, text_column: str | None = None) -> tuple[list[str], str]:
+    """The texts of one column of a CSV file and the column's name.
+
+    The column: ``text_column`` when given; else the first one named ``review``, ``text`` or
+    ``prompt`` (any case); else the column of longest texts among those whose values read as
+    text (:func:`_is_text_column`). A file with none of these raises ``ValueError`` naming its
+    columns: progrl never trains on ids or labels for lack of a better column.
+    """
     try:
         csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     except OverflowError:  # pragma: no cover
         pass
     try:
         with path.open(encoding="utf-8-sig", errors="replace", newline="") as fh:
-            reader = csv.reader(fh)
+            reader = csv.reader(fh, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
             header = next(reader, None)
             rows = [row for row in reader if row]
     except (OSError, csv.Error) as exc:
         raise ValueError(f"could not read the prompt file {path}: {exc}") from exc
     if header is None:
         raise ValueError(f"prompt file {path} is empty")
-    lowered = [h.strip().lower() for h in header]
-    column = None
-    for wanted in _TEXT_COLUMNS:
-        if wanted in lowered:
-            column = lowered.index(wanted)
-            break
-    if column is None:
-        # the first column, skipping a leading unnamed index column (pandas' to_csv writes one)
-        column = 0
-        if len(header) > 1 and _is_index_column(header[0], [r[0] for r in rows if r]):
-            column = 1
-    return [row[column] for row in rows if len(row) > column]
+    names = [h.strip() for h in header]
+    lowered = [n.lower() for n in names]
+    shown = ", ".join(repr(n) for n in names[:8]) + (", ..." if len(names) > 8 else "")
+
+    def values(c: int) -> list[str]:
+        return [row[c] for row in rows if len(row) > c]
+
+    if text_column is not None:
+        if text_column.strip().lower() not in lowered:
+            raise ValueError(f"task_options.text_column: prompt file {path} has no column {text_column!r} "
+                             f"(columns: {shown})")
+        column = lowered.index(text_column.strip().lower())
+    else:
+        column = next((lowered.index(w) for w in _TEXT_COLUMNS if w in lowered), None)
+        if column is None:
+            candidates = [c for c in range(len(names)) if _is_text_column(values(c))]
+            if not candidates:
+                raise ValueError(f"prompt file {path} has no text column: none is named review, text or prompt, "
+                                 f"and no column holds texts of two or more words (columns: {shown}); "
+                                 f"name one with task_options.text_column")
+            column = max(candidates, key=lambda c: (sum(map(len, values(c))) / max(len(values(c)), 1), -c))
+    return values(column), names[column] or f"#{column + 1}"
 
 
-def _read_jsonl(path: Path) -> list[str]:
-    texts = []
+def _read_jsonl(path: Path, text_column: str | None = None) -> tuple[list[str], str]:
+    texts, used = [], []
+    keys = (text_column,) if text_column is not None else _JSON_KEYS
+    wanted = " or ".join(repr(k) for k in keys)
     try:
         with path.open(encoding="utf-8-sig", errors="replace") as fh:
             for lineno, line in enumerate(fh, 1):
@@ -200,18 +219,20 @@ def _read_jsonl(path: Path) -> list[str]:
                     texts.append(obj)
                     continue
                 if not isinstance(obj, dict):
-                    raise ValueError(f"prompt file {path} line {lineno}: expected an object with a 'text', 'review' or 'prompt' key")
-                for key in _JSON_KEYS:
+                    raise ValueError(f"prompt file {path} line {lineno}: expected an object with a {wanted} key")
+                for key in keys:
                     if key in obj:
                         texts.append(_as_text(obj[key]))
+                        if key not in used:
+                            used.append(key)
                         break
                 else:
                     raise ValueError(
-                        f"prompt file {path} line {lineno}: no 'text', 'review' or 'prompt' key (keys: {', '.join(map(str, obj))})"
+                        f"prompt file {path} line {lineno}: no {wanted} key (keys: {', '.join(map(str, obj))})"
                     )
     except OSError as exc:
         raise ValueError(f"could not read the prompt file {path}: {exc}") from exc
-    return texts
+    return texts, ", ".join(used) or "(bare strings)"
 
 
 def _read_txt(path: Path) -> list[str]:
@@ -237,20 +258,29 @@ def _load_imdb() -> list[str]:
     return list(ds["text"])
 
 
-def load_prompt_texts(source: str | os.PathLike | None = None) -> list[str]:
-    """Review texts to cut prompts from.
+def load_prompt_texts(source: str | os.PathLike | None = None, text_column: str | None = None) -> list[str]:
+    """Review texts to cut prompts from (see :func:`load_prompt_source`, which also says where
+    they came from)."""
+    return load_prompt_source(source, text_column)[0]
+
+
+def load_prompt_source(source: str | os.PathLike | None = None,
+                       text_column: str | None = None) -> tuple[list[str], str]:
+    """Review texts to cut prompts from, and one line saying where they came from.
 
     ``None`` or ``"builtin"``: the ~300 movie-review openings shipped with progrl. ``"imdb"``: the
-    IMDB training split (``datasets``, network needed the first time). A path: ``.csv`` (column
-    ``review`` or ``text``, else the first column, skipping an unnamed index column), ``.jsonl``
-    (key ``text``, ``review`` or ``prompt``; bare strings also accepted) or ``.txt`` (one per line).
-    Texts are cleaned (IMDB ``<br />`` tags, HTML entities, whitespace) and empty ones dropped.
-    A missing, unreadable or empty file raises ``ValueError`` with one line naming it.
+    IMDB training split (``datasets``, network needed the first time). A path: ``.csv`` (the
+    column ``text_column``, else one named ``review``, ``text`` or ``prompt``, else the column of
+    longest multi-word texts; a file without a text column is refused, see :func:`_read_csv`),
+    ``.jsonl`` (key ``text_column``, else ``text``, ``review`` or ``prompt``; bare strings also
+    accepted) or ``.txt`` (one per line). Texts are cleaned (IMDB ``<br />`` tags, HTML
+    entities, whitespace) and empty ones dropped. A missing, unreadable or empty file raises
+    ``ValueError`` with one line naming it.
     """
     if source is None or (isinstance(source, str) and source.strip().lower() in ("", "builtin", "built-in", "default")):
-        texts = _builtin_lines()
+        texts, where = _builtin_lines(), "the built-in review openings"
     elif isinstance(source, str) and source.strip().lower() == "imdb":
-        texts = _load_imdb()
+        texts, where = _load_imdb(), f"the IMDB training split ({IMDB_DATASET}), column 'text'"
     else:
         path = Path(os.fspath(source)).expanduser()
         if not path.exists():
@@ -259,20 +289,22 @@ def load_prompt_texts(source: str | os.PathLike | None = None) -> list[str]:
             raise ValueError(f"prompt source {path} is not a file (expected .csv, .jsonl or .txt)")
         suffix = path.suffix.lower()
         if suffix in (".csv", ".tsv"):
-            texts = _read_csv(path)
+            texts, column = _read_csv(path, text_column)
+            where = f"{path}, column {column!r}"
         elif suffix in (".jsonl", ".ndjson"):
-            texts = _read_jsonl(path)
+            texts, keys = _read_jsonl(path, text_column)
+            where = f"{path}, key {keys}"
         elif suffix == ".txt":
-            texts = _read_txt(path)
+            texts, where = _read_txt(path), f"{path}, one text per line"
         else:
             raise ValueError(f"prompt file {path} has an unsupported type {suffix or '(none)'!r}: use .csv, .jsonl or .txt")
         texts = [clean_review_text(t) for t in texts]
         texts = [t for t in texts if t]
         if not texts:
-            raise ValueError(f"prompt file {path} holds no texts")
-        return texts
+            raise ValueError(f"prompt file {path} holds no texts ({where})")
+        return texts, where
     texts = [clean_review_text(t) for t in texts]
-    return [t for t in texts if t]
+    return [t for t in texts if t], where
 
 
 # --------------------------------------------------------------------------------------------
