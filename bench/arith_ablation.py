@@ -45,6 +45,13 @@ SUITES: dict[str, dict[str, dict]] = {
         "grpo (G=8) + batch entropy 0.1": {"algo.estimator": "grpo", **GROUP8},
         "rloo (G=8) + batch entropy 0.1": {"algo.estimator": "rloo", **GROUP8},
     },
+    # the paper's open question 1: token entropy vs batch entropy at four strengths, on top of
+    # the task's default job (whatever bonus the default has is replaced)
+    "bonus": {
+        "no entropy term": {**NO_BONUS},
+        **{f"token entropy {c:g}": {**NO_BONUS, "algo.entropy_coef": c} for c in (0.01, 0.03, 0.1, 0.3)},
+        **{f"batch entropy {c:g}": {**NO_BONUS, "algo.batch_entropy_coef": c} for c in (0.01, 0.03, 0.1, 0.3)},
+    },
     # the paper's setting and the steps from it to the default (single seed)
     "path": {
         "paper: 4x256, lr 1.41e-5, token entropy 0.3, whiten, scale 10": {
@@ -63,8 +70,16 @@ def toml_value(v) -> str:
     return json.dumps(v) if isinstance(v, str) else str(v)
 
 
-def variant_steps(overrides: dict, samples: int) -> int:
-    per_step = int(overrides.get("rollout.batch_size", 128)) * int(overrides.get("rollout.num_generations", 1))
+def variant_steps(overrides: dict, samples: int | None, task: str = "arithmetic") -> int:
+    """RL steps for a budget of ``samples`` sampled answers (None: the task's default budget)."""
+    from progrl.tasks import get_task
+
+    d = get_task(task).defaults()
+    per_step = (int(overrides.get("rollout.batch_size", d.get("rollout", {}).get("batch_size", 128)))
+                * int(overrides.get("rollout.num_generations", d.get("rollout", {}).get("num_generations", 1))))
+    if samples is None:
+        samples = int(d["steps"]) * (d.get("rollout", {}).get("batch_size", 128)
+                                     * d.get("rollout", {}).get("num_generations", 1))
     return max(1, samples // per_step)
 
 
@@ -76,7 +91,7 @@ def warm_start(seed: int, args, out_root: Path) -> Path:
     """One supervised warm start per seed, shared by every variant of that seed."""
     out = out_root / f"warm-start-s{seed}"
     if not (out / "final" / "config.json").exists():
-        cmd = [sys.executable, "-m", "progrl", "sft", "arithmetic", "--seed", str(seed), "--out", str(out),
+        cmd = [sys.executable, "-m", "progrl", "sft", args.task, "--seed", str(seed), "--out", str(out),
                "--set", "log.progress=false", "--set", f"device={args.device}", "--set", f"threads={args.threads}",
                "--set", "log.tensorboard=false", "--set", "log.plot=false"]
         subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=child_env(), check=True)
@@ -85,12 +100,12 @@ def warm_start(seed: int, args, out_root: Path) -> Path:
 
 def run_one(name: str, overrides: dict, seed: int, args, out_root: Path) -> dict:
     slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")
-    out = out_root / f"{slug}-s{seed}"
-    steps = variant_steps(overrides, args.samples)
+    out = out_root / ("" if args.task == "arithmetic" else args.task) / f"{slug}-s{seed}"
+    steps = variant_steps(overrides, args.samples, args.task)
     model = []
     if args.shared_warm_start and not any(k.startswith(("model.", "sft.")) for k in overrides):
         model = ["--model", str(warm_start(seed, args, out_root)), "--set", "sft.examples=0"]
-    cmd = [sys.executable, "-m", "progrl", "train", "arithmetic", "--steps", str(steps), "--seed", str(seed), *model,
+    cmd = [sys.executable, "-m", "progrl", "train", args.task, "--steps", str(steps), "--seed", str(seed), *model,
            "--out", str(out), "--set", "log.progress=false", "--set", f"device={args.device}",
            "--set", "log.checkpoint_every=0", "--set", f"threads={args.threads}"]
     if args.eval_every:
@@ -100,11 +115,17 @@ def run_one(name: str, overrides: dict, seed: int, args, out_root: Path) -> dict
     for kv in args.set:
         cmd += ["--set", kv]
     t0 = time.time()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=child_env())
-    elapsed = time.time() - t0
-    if proc.returncode != 0:
+    done = out / "summary.json"
+    if args.reuse and done.exists():  # finished earlier (same variant, seed and budget): read it back
+        proc, elapsed = None, json.loads(done.read_text())["seconds"]
+    else:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=child_env())
+        elapsed = time.time() - t0
+    if proc is not None and proc.returncode != 0:
         return {"variant": name, "seed": seed, "error": (proc.stderr or proc.stdout).strip().splitlines()[-1:],
                 "seconds": elapsed}
+    if proc is not None:
+        done.write_text(json.dumps({"seconds": elapsed, "steps": steps, "cmd": cmd}))
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     evals = [r for r in rows if r["phase"] == "eval"]
     train = [r for r in rows if r["phase"] == "train"]
@@ -113,6 +134,19 @@ def run_one(name: str, overrides: dict, seed: int, args, out_root: Path) -> dict
             "mean_reward": evals[-1].get("mean_reward"), "distinct": evals[-1].get("distinct_answers"),
             "train_reward_last": statistics.mean(r["reward_mean"] for r in train[-10:]) if train else None,
             "curve": [(r["step"], r.get("accuracy")) for r in evals], "out": str(out)}
+
+
+def _per_step(task: str) -> int:
+    from progrl.tasks import get_task
+
+    r = get_task(task).defaults().get("rollout", {})
+    return r.get("batch_size", 128) * r.get("num_generations", 1)
+
+
+def collapsed(run: dict) -> bool:
+    """One answer for every held-out prompt, or noise: held-out mean reward below 0.01 (the
+    capped error's ~0), e.g. a chain policy that writes uniform tokens."""
+    return run["distinct"] <= 1 or run["mean_reward"] < 0.01
 
 
 def summarise(results: list[dict]) -> list[dict]:
@@ -132,18 +166,20 @@ def summarise(results: list[dict]) -> list[dict]:
             "accuracy_each": acc,
             "mean_reward": statistics.mean(r["mean_reward"] for r in ok),
             "distinct": statistics.mean(r["distinct"] for r in ok),
-            "collapsed": sum(1 for r in ok if r["distinct"] <= 1),
+            "collapsed": sum(1 for r in ok if collapsed(r)),
             "minutes": statistics.mean(r["seconds"] for r in ok) / 60,
         })
     return rows
 
 
-def markdown(rows: list[dict], title: str, args) -> str:
+def markdown(rows: list[dict], title: str, args, load: str = "not recorded") -> str:
+    budget = args.samples or variant_steps({}, None, args.task) * _per_step(args.task)
     lines = [f"## {title}", "",
-             f"Budget per run: {args.samples:,} sampled answers; device {args.device}; seeds "
-             f"{', '.join(map(str, args.seeds))}; extra settings: {' '.join(args.set) or 'none'}. "
-             f"Reproduce: `python bench/arith_ablation.py --suite {args.suite} --seeds "
-             f"{' '.join(map(str, args.seeds))} --samples {args.samples}"
+             f"Task `{args.task}`; budget per run: {budget:,} sampled answers; device {args.device}; seeds "
+             f"{', '.join(map(str, args.seeds))}; extra settings: {' '.join(args.set) or 'none'}; "
+             f"1-minute load average {load}. Reproduce: `python bench/arith_ablation.py --task {args.task} "
+             f"--suite {args.suite} --seeds {' '.join(map(str, args.seeds))}"
+             f"{f' --samples {args.samples}' if args.samples else ''}"
              f"{' --shared-warm-start' if args.shared_warm_start else ''}` "
              f"({'one warm start per seed shared by the variants' if args.shared_warm_start else 'own warm start per run'}).", "",
              "| variant | held-out accuracy (mean ± sd) | per seed | mean reward | distinct answers | collapsed runs | minutes/run |",
@@ -162,7 +198,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--suite", default="ablation", choices=sorted(SUITES) + ["all"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--samples", type=int, default=32_768, help="sampled answers per run (RL budget)")
+    p.add_argument("--samples", type=int, default=None,
+                   help="sampled answers per run (RL budget; default: the task's default budget)")
+    p.add_argument("--task", default="arithmetic", choices=["arithmetic", "arithmetic-chain"])
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--device", default="cpu")
@@ -172,6 +210,7 @@ def main(argv=None) -> int:
     p.add_argument("--shared-warm-start", action="store_true",
                    help="one warm start per seed shared by all variants (saves time; same start for each)")
     p.add_argument("--markdown", help="write the table into this markdown file (its own section)")
+    p.add_argument("--reuse", action="store_true", help="read back runs that finished earlier instead of rerunning")
     p.add_argument("--json", help="write all per-run results to this JSON file")
     args = p.parse_args(argv)
     suites = SUITES if args.suite == "all" else {args.suite: SUITES[args.suite]}
@@ -181,11 +220,13 @@ def main(argv=None) -> int:
     if args.shared_warm_start:
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda s: warm_start(s, args, out_root), args.seeds))
+    load_start = os.getloadavg()[0]
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda j: run_one(*j, args, out_root), jobs))
+    load = f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     rows = summarise(results)
-    title = f"Arithmetic {args.suite}"
-    text = markdown(rows, title, args)
+    title = f"Arithmetic {args.suite}" + ("" if args.task == "arithmetic" else f" ({args.task})")
+    text = markdown(rows, title, args, load)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     benchdoc.publish(text, title, args.markdown, heading="# Results")

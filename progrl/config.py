@@ -16,6 +16,8 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from progrl.expert_iteration import RAFTConfig
+from progrl.prompt_replay import RetryConfig
 from progrl.rewards.config import RewardConfig
 
 if sys.version_info >= (3, 11):
@@ -70,6 +72,7 @@ class RolloutConfig(_Section):
     stop_keep: bool = False  # keep the stop string at the end of the completion the rewards see (default: cut it)
     on_truncated: Union[float, Literal["keep", "mask"]] = "keep"  # responses with no stop before max_new_tokens: keep their reward, mask them out of the loss (DAPO overlong filtering), or give them this reward
     banned_tokens: list[str] = []  # token strings never sampled
+    retry: RetryConfig = RetryConfig()  # retry prompts that failed (progrl/prompt_replay.py); off by default
 
     @field_validator("on_truncated")
     @classmethod
@@ -82,7 +85,7 @@ class RolloutConfig(_Section):
 class AlgoConfig(_Section):
     """The policy update: estimator, PPO clipping, bonuses, KL, optimiser."""
 
-    estimator: Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp"] = "gae"  # advantage estimator: gae (PPO with a value head) or a critic-free one (docs/estimators.md)
+    estimator: Literal["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "raft"] = "gae"  # advantage estimator: gae (PPO with a value head), a critic-free one, or raft (reward-filtered self-training) (docs/estimators.md)
     epochs: int = Field(4, ge=1)  # passes over each batch
     minibatch_size: int = Field(32, ge=1)  # sequences per optimiser step
     grad_accum_steps: int = Field(1, ge=1)  # minibatches whose gradients are summed per optimiser step
@@ -110,6 +113,7 @@ class AlgoConfig(_Section):
     kl_horizon: float = Field(10000.0, gt=0.0)  # horizon (samples) of the adaptive controller
     kl_estimator: Literal["k1", "k2", "k3"] = "k1"  # per-token KL estimator: k1 (log ratio), k2, k3 (Schulman's)
     kl_in: Literal["reward", "loss"] = "reward"  # the KL penalty in the reward (PPO-RLHF) or in the loss (GRPO)
+    raft: RAFTConfig = RAFTConfig()  # which samples estimator "raft" trains on and the imitation term (progrl/expert_iteration.py)
 
     @property
     def uses_critic(self) -> bool:

@@ -147,6 +147,9 @@ def render() -> str:
     ]
     for name, sub in sections(TrainConfig):
         out += ["", f"## [{name}]", "", _doc_first_line(sub), "", *_table(rows(sub, f"{name}."))]
+        for inner, inner_sub in sections(sub):  # e.g. [rollout.retry], [algo.raft]
+            out += ["", f"### [{name}.{inner}]", "", _doc_first_line(inner_sub), "",
+                    *_table(rows(inner_sub, f"{name}.{inner}."))]
         if name == "reward":
             out += ["", "### [[reward.functions]]", "", _doc_first_line(RewardFunctionConfig), "",
                     *_table(rows(RewardFunctionConfig, "reward.functions[]."))]

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from progrl import checkpoint as ckpt
+from progrl import expert_iteration
 from progrl.advantages import compute_advantages, token_rewards
 from progrl.chat import assistant_message, is_conversation
 from progrl.config import ConfigError, TrainConfig, config_to_dict
@@ -39,6 +40,7 @@ from progrl.kl import make_kl_controller
 from progrl.losses import (aggregate, batch_entropy, explained_variance_sums, kl_penalty, masked_mean, policy_loss,
                            token_entropy, value_loss)
 from progrl.policy import Policy, Reference
+from progrl.prompt_replay import RetryQueue
 from progrl.reductions import (UpdateStats, batch_distribution, gather_batch, minibatch_counts, minibatch_share)
 from progrl.rollout import Rollout, SamplingParams, forward_response, left_pad, sample, sampling_uniforms
 from progrl.sft import supervised_warm_start
@@ -141,6 +143,11 @@ def check_split(cfg: TrainConfig, processes: int) -> None:
     if processes == 1:
         return
     r, a = cfg.rollout, cfg.algo
+    if a.estimator == "raft" or a.raft.coef or r.retry.fraction:
+        what = ("algo.estimator" if a.estimator == "raft" else "algo.raft.coef" if a.raft.coef
+                else "rollout.retry.fraction")
+        raise ConfigError(f"config error: {what}: RAFT, its replay and prompt retry run in one process only "
+                          f"(got {processes}); drop them or run one process")
     if r.batch_size % processes:
         raise ConfigError(f"config error: rollout.batch_size: {r.batch_size} prompts per step do not split over "
                           f"{processes} processes (each samples whole groups of one prompt); use a multiple of "
@@ -228,6 +235,8 @@ class Trainer:
 
         check_available([n for n in cfg.log.report_to if n != "tensorboard"])
         self.rewards = RewardEngine(cfg.reward, default_functions=reward_functions or task.reward_functions())
+        self.replay = expert_iteration.ReplayBuffer(a.raft.replay_capacity)  # RAFT's kept samples (replay > 0)
+        self.retry = RetryQueue(r.retry)  # failed prompts to ask again (rollout.retry.fraction > 0)
         self.tracker: Tracker | NullTracker | None = None
         self.step = 0
         self.saved_step: int | None = None  # the step whose checkpoint on disk holds the current state
@@ -370,7 +379,9 @@ class Trainer:
 
         # 1. rollout: this process's share of the step's prompts (whole groups), G samples each, contiguous
         t0 = time.time()
-        everyone = self.task.train_records(r.batch_size, cfg.seed, step)
+        retried, tries = self.retry.take(r.batch_size)  # failed prompts of earlier steps first (retry on)
+        fresh = self.task.train_records(r.batch_size - len(retried), cfg.seed, step) if len(retried) < r.batch_size else []
+        everyone = retried + fresh
         mine = dist.shard(len(everyone))
         records = [rec for rec in everyone[mine] for _ in range(G)]
         prompts = [rec["prompt"] for rec in records]
@@ -405,20 +416,50 @@ class Trainer:
         rollout, raw, ref_logprobs = gather_batch(dist, rollout, raw, ref_logprobs, self.sampling.pad_id)
         dropped = torch.isnan(raw)
         scores = torch.where(dropped, torch.zeros_like(raw), raw)  # a dropped sample's score is never read
+        if r.retry.fraction:  # each prompt's best score decides whether it is asked again
+            best = [None if torch.isnan(g).all() else float(g[~torch.isnan(g)].max()) for g in raw.view(-1, G)]
+            self.retry.report(everyone, tries + [0] * len(fresh), best)
         mask = rollout.response_mask.float() * (~dropped).float().unsqueeze(-1)
         kl = None if ref_logprobs is None else kl_penalty(rollout.logprobs, ref_logprobs, a.kl_estimator) * mask
         beta = self.kl_ctl.value
         in_reward = kl is not None and a.kl_in == "reward"
         rewards = token_rewards(scores, mask, kl if in_reward else None, beta)
 
-        # 4. advantages
-        advantages, returns = compute_advantages(a.estimator, rewards, mask, rollout.values, group_size=G,
-                                                 gamma=a.gamma, lam=a.lam, whiten=a.whiten_advantages,
-                                                 valid=~dropped)
+        # 4. advantages (RAFT: which samples to imitate)
+        keep, batch, batch_mask = None, rollout, mask
+        if a.estimator == "raft" or a.raft.coef:
+            keep = expert_iteration.select(raw, G, a.raft.min_reward, a.raft.top_k)
+        if a.estimator == "raft":
+            if a.raft.replay:  # train on this step's kept samples and on kept samples of earlier steps
+                old = self.replay.draw(a.raft.replay, step_generator(cfg.seed, step, torch.device("cpu"), salt=2))
+                rows = expert_iteration.kept_rows(rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
+                                                  rollout.response_mask, keep)
+                self.replay.add(rows)
+                batch, batch_mask = self.imitation_batch(rows + old)
+                if self.reference is not None:
+                    with torch.no_grad():
+                        ref_logprobs = forward_response(self.reference, batch.input_ids, batch.attention_mask,
+                                                        batch.prompt_ids.shape[1], r.temperature)[1]
+                advantages, returns = batch_mask, None
+            else:
+                advantages, returns = keep.float().unsqueeze(-1) * mask, None
+        else:
+            advantages, returns = compute_advantages(a.estimator, rewards, mask, rollout.values, group_size=G,
+                                                     gamma=a.gamma, lam=a.lam, whiten=a.whiten_advantages,
+                                                     valid=~dropped)
+        replayed = None
+        if a.estimator != "raft" and a.raft.coef and a.raft.replay:  # the imitation term's earlier samples
+            old = self.replay.draw(a.raft.replay, step_generator(cfg.seed, step, torch.device("cpu"), salt=2))
+            self.replay.add(expert_iteration.kept_rows(rollout.prompt_ids, rollout.prompt_mask,
+                                                       rollout.response_ids, rollout.response_mask, keep))
+            replayed = self.imitation_batch(old)[0] if old else None
 
         # 5. update: epochs x minibatches, reusing the rollout's log-probs and values as "old"
-        stats = self.update(rollout, mask, advantages, returns, ref_logprobs, beta, step)
+        stats = self.update(batch, batch_mask, advantages, returns, ref_logprobs, beta, step, keep=keep,
+                            replayed=replayed)
         timings["time_update"] = time.time() - t0
+        if keep is not None:
+            stats["kept_fraction"] = float(keep.float().mean())
 
         if kl is not None:
             seq_kl = float((kl.sum(-1)).mean())
@@ -442,6 +483,7 @@ class Trainer:
             "response_len": float(rollout.response_mask.float().sum(-1).mean()),
             "truncated_fraction": float(truncated_of(rollout).float().mean()),
             "dropped": int(dropped.sum()),
+            **({"retried": len(retried), "retry_queue": len(self.retry)} if r.retry.fraction else {}),
             **{f"fail_{k}": int(v) for k, v in failures.items()},
             **self.failures_per_function(result),
             **stats,
@@ -460,11 +502,30 @@ class Trainer:
                  for i in range(0, n_samples, max(1, n_samples // max(n_show, 1)))][:n_show] if n_show else []
         return metrics, shown
 
-    def update(self, rollout: Rollout, mask, advantages, returns, ref_logprobs, beta: float, step: int) -> dict:
+    def imitation_batch(self, rows: list) -> tuple[Rollout, torch.Tensor]:
+        """RAFT's training rows (prompt and response token lists) as a padded rollout and its mask."""
+        pad = self.sampling.pad_id
+        empty = not rows
+        if empty:  # nothing kept yet: an empty update
+            rows = [([pad], [pad])]
+        p_ids, p_mask, r_ids, r_mask = expert_iteration.ReplayBuffer.batch(rows, pad, self.device)
+        batch = Rollout(prompt_ids=p_ids, prompt_mask=p_mask, response_ids=r_ids, response_mask=r_mask,
+                        logprobs=torch.zeros(r_ids.shape, device=self.device), values=None)
+        return batch, r_mask.float() * (0.0 if empty else 1.0)
+
+    def update(self, rollout: Rollout, mask, advantages, returns, ref_logprobs, beta: float, step: int,
+               keep: torch.Tensor | None = None, replayed: Rollout | None = None) -> dict:
         """Epochs x minibatches over the whole batch; this process trains on its share of each
-        minibatch, with every average taken over the whole minibatch (progrl.reductions)."""
+        minibatch, with every average taken over the whole minibatch (progrl.reductions).
+
+        RAFT (one process only, see check_split): estimator "raft" trains on the kept rows alone
+        (advantage 1); ``keep`` with ``algo.raft.coef`` adds the likelihood of the kept samples
+        (and of ``replayed`` ones of earlier steps) to the estimator's loss."""
         a, dist = self.cfg.algo, self.dist
-        n = mask.shape[0]
+        raft = a.estimator == "raft"
+        # RAFT trains on the kept samples only; the others cost nothing
+        rows = torch.nonzero(advantages.amax(-1) > 0).squeeze(-1).cpu() if raft else torch.arange(mask.shape[0])
+        n = len(rows)
         P = rollout.prompt_ids.shape[1]
         # Dr. GRPO's constant normaliser is the generation budget, not this batch's padded
         # width (sampling stops early once every response has ended).
@@ -478,8 +539,11 @@ class Trainer:
         if self.cfg.model.gradient_checkpointing:
             self.policy.train()  # transformers checkpoints only in training mode; dropout is 0 everywhere
         for _epoch in range(a.epochs):
-            order = torch.randperm(n, generator=g).to(self.device)
+            order = rows[torch.randperm(n, generator=g)].to(self.device)
             minibatches = [order[i:i + a.minibatch_size] for i in range(0, n, a.minibatch_size)]
+            if replayed is not None:  # spread the replayed rows over this epoch's minibatches
+                r_order = torch.randperm(replayed.response_ids.shape[0], generator=g).to(self.device)
+                replay_chunks = [c for c in r_order.tensor_split(len(minibatches)) if len(c)]
             for k, idx in enumerate(minibatches):
                 counts = minibatch_counts(mask, idx)  # the whole minibatch: the same on every process
                 if counts.tokens == 0:
@@ -490,11 +554,28 @@ class Trainer:
                 with contextlib.nullcontext() if last else dist.no_sync(self.model):
                     logits, logprobs, values = forward_response(self.model, input_ids[mine], attention[mine], P,
                                                                 self.cfg.rollout.temperature, self.share_prompts)
-                    pg_loss, pg_stats = policy_loss(logprobs, rollout.logprobs[mine], advantages[mine], m,
-                                                    a.clip_range, a.loss_agg, a.clip_range_high, max_len=max_len,
-                                                    counts=counts)
+                    if raft:
+                        pg_loss, pg_stats = expert_iteration.raft_loss(logprobs, m)
+                    else:
+                        pg_loss, pg_stats = policy_loss(logprobs, rollout.logprobs[mine], advantages[mine], m,
+                                                        a.clip_range, a.loss_agg, a.clip_range_high, max_len=max_len,
+                                                        counts=counts)
                     loss = pg_loss
                     shares = {"pg_loss": pg_loss, **pg_stats}
+                    if keep is not None and not raft and a.raft.coef:  # RAFT's imitation term beside the estimator's
+                        lps, ms = [logprobs], [m * keep[mine].to(m.dtype).unsqueeze(-1)]
+                        if replayed is not None and k < len(replay_chunks):  # kept samples of earlier steps
+                            ridx = replay_chunks[k]
+                            lps.append(forward_response(self.model, replayed.input_ids[ridx],
+                                                        replayed.attention_mask[ridx], replayed.prompt_ids.shape[1],
+                                                        self.cfg.rollout.temperature)[1])
+                            ms.append(replayed.response_mask[ridx].to(m.dtype))
+                        width = max(x.shape[1] for x in lps)
+                        imitation, _ = expert_iteration.raft_loss(
+                            torch.cat([torch.nn.functional.pad(x, (0, width - x.shape[1])) for x in lps]),
+                            torch.cat([torch.nn.functional.pad(x, (0, width - x.shape[1])) for x in ms]))
+                        loss = loss + a.raft.coef * imitation
+                        shares["raft_nll"] = imitation
                     ev_sums = None
                     if values is not None:
                         vf_loss, vf_stats = value_loss(values, rollout.values[mine], returns[mine], m,
@@ -575,6 +656,10 @@ class Trainer:
         """A checkpoint of this step, written by the main process (the state is gathered first
         when the model is sharded: every process takes part). DeepSpeed runs write none (its
         partitioned optimiser state is not gathered; docs/scaling.md)."""
+        if self.cfg.algo.raft.replay and (self.cfg.algo.estimator == "raft" or self.cfg.algo.raft.coef):
+            self.state["raft_replay"] = self.replay.state_dict()
+        if self.cfg.rollout.retry.fraction:
+            self.state["retry_queue"] = self.retry.state_dict()
         if self.dist.sharding == "deepspeed":
             self.saved_step = step
             return
@@ -600,6 +685,10 @@ class Trainer:
             self.state.pop(key, None)
         self.step = int(self.state["step"])
         self.saved_step = self.step
+        if "raft_replay" in self.state:
+            self.replay.load_state_dict(self.state["raft_replay"])
+        if "retry_queue" in self.state:
+            self.retry.load_state_dict(self.state["retry_queue"])
         if self.cfg.algo.uses_reference:
             self.reference = self.make_reference(initial_state=self.run_dir / "checkpoints" / "reference.pt")
 

@@ -99,3 +99,35 @@ def test_floor_side_runs_the_ppo_passes(tmp_path, dtype):
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["samples"] == 16 and result["dtype"] == dtype
     assert len(result["step_ends"]) == 2 and result["samples_per_s"] > 0
+
+
+def load_tta():
+    path = RUN_PY.parent / "time_to_accuracy.py"
+    spec = importlib.util.spec_from_file_location("compare_trl_tta", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_time_to_accuracy_goal_and_report(tmp_path):
+    tta = load_tta()
+    curve = lambda pts: [{"t": t, "step": 0, "accuracy": a, "mean_reward": 0.5} for t, a in pts]  # noqa: E731
+    sides = [
+        {"side": "progrl", "tag": "progrl", "label": "progrl default", "settings": "defaults", "samples": 1000,
+         "samples_per_s": 100.0, "loop_s": 10.0, "curve": curve([(0, 0.25), (30, 0.4), (60, 0.6), (90, 0.7)])},
+        {"side": "trl", "tag": "trl-grpo-0", "label": "TRL GRPO #0", "settings": "lr", "samples": 900,
+         "samples_per_s": 90.0, "loop_s": 10.0, "curve": curve([(0, 0.25), (100, 0.35), (300, 0.5), (500, 0.5)])},
+        {"side": "trl", "tag": "trl-ppo", "label": "TRL PPO", "settings": "-", "samples": 500,
+         "samples_per_s": 50.0, "loop_s": 10.0, "curve": curve([(0, 0.25), (200, 0.45)])},
+    ]
+    g = tta.goal(sides)
+    # best TRL accuracy 0.5, first reached at 300 s; progrl first reaches it at 60 s: 0.2x < 1/3
+    assert g["target"] == 0.5 and g["t_trl"] == 300 and g["t_progrl"] == 60 and g["met"]
+    assert tta.time_to(sides[2]["curve"], 0.5) is None
+    report = {"args": {"minutes": 10, "threads": 2, "eval_prompts": 512}, "command": "python x", "machine": "cpu",
+              "load_before": 0.1, "load_after": 0.2, "start": {"accuracy": 0.25, "mean_reward": 0.7},
+              "sides": sides, "goal": g}
+    text = tta.markdown(report)
+    # accuracy at 60 s is the last snapshot at or before 60 s; best 70% at 90 s
+    assert "| progrl default | defaults | 100 | 1,000 | 60.0% | 70.0% | 70.0% |" in text and "70.0% (90) |" in text
+    assert "**met**" in text and "0.20x the TRL time" in text

@@ -96,3 +96,49 @@ class Clock:
 
     def cpu(self) -> float:
         return time.process_time() - self.c0
+
+
+class Snapshots:
+    """Model snapshots at fixed intervals of training time, for the time-to-accuracy mode.
+
+    A plan with ``time_budget_s`` asks the side to train until that much training time has
+    passed and to save its model every ``snapshot_every_s`` seconds (and at the end) into
+    ``OUT/snapshots/tNNN``. The time spent saving is not training time: it is subtracted from
+    the clock. Without ``time_budget_s`` nothing is saved and :meth:`tick` never stops a run.
+    """
+
+    def __init__(self, plan: dict):
+        self.budget = plan.get("time_budget_s")
+        self.every = plan.get("snapshot_every_s") or 60.0
+        self.root = Path(plan["out_dir"]) / "snapshots"
+        self.next = self.every
+        self.paused = 0.0
+        self.t0 = time.perf_counter()
+        self.saved: list[dict] = []
+
+    def start(self) -> None:
+        self.t0 = time.perf_counter()
+        self.paused = 0.0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0 - self.paused
+
+    def tick(self, save, step: int) -> bool:
+        """Call after every training step with ``save(folder)``; True once the time budget is spent."""
+        if self.budget is None:
+            return False
+        t = self.elapsed()
+        done = t >= self.budget
+        if t >= self.next or done:
+            self.save(save, step, t)
+            while self.next <= t:
+                self.next += self.every
+        return done
+
+    def save(self, save, step: int, t: float | None = None) -> None:
+        t = self.elapsed() if t is None else t
+        s0 = time.perf_counter()
+        folder = self.root / f"t{len(self.saved):03d}"
+        save(folder)
+        self.saved.append({"t": t, "step": step, "dir": str(folder)})
+        self.paused += time.perf_counter() - s0

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Clock, peak_rss_mb, read_json, set_threads, write_result  # noqa: E402
+from common import Clock, Snapshots, peak_rss_mb, read_json, set_threads, write_result  # noqa: E402
 
 
 def overrides(plan: dict) -> dict:
@@ -49,6 +49,19 @@ def overrides(plan: dict) -> dict:
     return common
 
 
+def default_overrides(plan: dict) -> dict:
+    """The task's default job (``progrl train arithmetic``) on the plan's initial model: the
+    time-to-accuracy mode's progrl side. ``plan["overrides"]`` (a nested dict) may change it."""
+    from progrl.config import deep_merge
+
+    base = {"seed": plan["seed"], "device": "cpu", "threads": plan["threads"], "model": {"name": plan["model_dir"]},
+            "sft": {"examples": 0},
+            "log": {"progress": False, "tensorboard": False, "plot": False, "checkpoint_every": 0}}
+    if plan.get("steps"):
+        base["steps"] = plan["steps"]
+    return deep_merge(base, plan.get("overrides", {}))
+
+
 def main(plan_path: str, result_path: str) -> int:
     wall = Clock()
     plan = read_json(plan_path)
@@ -59,21 +72,28 @@ def main(plan_path: str, result_path: str) -> int:
     from progrl.trainer import Trainer
 
     task = get_task("arithmetic", plan.get("task_options", {}))
-    data = overrides(plan)
+    default = plan["algo"] == "default"
+    data = default_overrides(plan) if default else overrides(plan)
     cfg = build_config(task.defaults(), data)
     out = Path(plan["out_dir"])
     trainer = Trainer(cfg, task, out)
     r = cfg.rollout
-    for step, expected in enumerate(plan["records"], start=1):  # the very prompts the TRL side gets
-        got = [rec["prompt"] for rec in task.train_records(r.batch_size, cfg.seed, step)]
-        assert got == [rec["prompt"] for rec in expected], f"prompt mismatch at step {step}"
+    if not default:
+        for step, expected in enumerate(plan["records"], start=1):  # the very prompts the TRL side gets
+            got = [rec["prompt"] for rec in task.train_records(r.batch_size, cfg.seed, step)]
+            assert got == [rec["prompt"] for rec in expected], f"prompt mismatch at step {step}"
     if cfg.algo.uses_reference:
         trainer.reference = trainer.make_reference()
     out.mkdir(parents=True, exist_ok=True)
     tracker = Tracker(out, tensorboard=False)
     setup_s = wall()
 
+    def save(folder):
+        trainer.policy.lm.save_pretrained(folder)
+        trainer.tokenizer.save_pretrained(folder)
+
     loop = Clock()
+    snaps = Snapshots(plan)
     rewards, rows, step_ends = [], [], []
     for step in range(1, cfg.steps + 1):
         metrics, shown = trainer.rl_step(step)
@@ -81,13 +101,20 @@ def main(plan_path: str, result_path: str) -> int:
         rewards.append(metrics["reward_mean"])
         step_ends.append(loop())
         rows.append({k: metrics[k] for k in ("time_generation", "time_reward", "time_update")})
+        if snaps.tick(save, step):
+            break
+    else:
+        if snaps.budget is not None:  # the job ended before its time budget: its final model
+            snaps.save(save, cfg.steps)
+    steps_run = len(step_ends)
     loop_s, loop_cpu_s = loop(), loop.cpu()
     tracker.close()
     trainer.rewards.close()
     trainer.policy.lm.save_pretrained(out / "final")
     trainer.tokenizer.save_pretrained(out / "final")
-    n = cfg.steps * r.batch_size * r.num_generations
-    write_result(result_path, side="progrl", precision=cfg.model.precision, algo=plan["algo"], samples=n, loop_s=loop_s, loop_cpu_s=loop_cpu_s,
+    n = steps_run * r.batch_size * r.num_generations
+    write_result(result_path, side="progrl", precision=cfg.model.precision, algo=plan["algo"], samples=n, loop_s=loop_s,
+                 loop_cpu_s=loop_cpu_s, snapshots=snaps.saved, samples_per_step=r.batch_size * r.num_generations,
                  setup_s=setup_s, samples_per_s=n / loop_s, step_rewards=rewards, step_ends=step_ends,
                  time_split={k: sum(x[k] for x in rows) for k in rows[0]},
                  value_head=trainer.policy.value_head is not None,

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Clock, make_task_reward, peak_rss_mb, read_json, set_threads, write_result  # noqa: E402
+from common import Clock, Snapshots, make_task_reward, peak_rss_mb, read_json, set_threads, write_result  # noqa: E402
 
 
 def main(plan_path: str, result_path: str) -> int:
@@ -38,7 +38,7 @@ def main(plan_path: str, result_path: str) -> int:
     model = AutoModelForCausalLM.from_pretrained(plan["model_dir"], dtype=torch.float32)
     banned = [tokenizer.convert_tokens_to_ids(t) for t in plan["banned_tokens"]]
 
-    args = GRPOConfig(
+    kwargs = dict(
         output_dir=str(Path(plan["out_dir"]) / "trainer"), report_to="none", save_strategy="no",
         logging_steps=1, max_steps=plan["steps"], seed=plan["seed"], use_cpu=True, bf16=False, fp16=False,
         gradient_checkpointing=False, dataloader_num_workers=0, disable_dropout=True,
@@ -50,16 +50,27 @@ def main(plan_path: str, result_path: str) -> int:
         beta=h["beta"], epsilon=h["clip_range"], loss_type="dapo", scale_rewards="group",
         shuffle_dataset=False, remove_unused_columns=False, log_completions=False,
     )
+    kwargs.update(plan.get("trl_args", {}))  # the time-to-accuracy mode's settings (e.g. a tuned lr)
+    args = GRPOConfig(**kwargs)
+    snaps = Snapshots(plan)
 
     class Record(TrainerCallback):
         def __init__(self):
             self.rewards, self.step_ends, self.t_begin, self.t_end = [], [], None, None
 
-        def on_step_end(self, args, state, control, **kw):
+        def on_step_end(self, args, state, control, model=None, **kw):
             self.step_ends.append(self.t_begin())
+
+            def save(folder):
+                model.save_pretrained(folder)
+                tokenizer.save_pretrained(folder)
+
+            if snaps.tick(save, state.global_step):
+                control.should_training_stop = True
 
         def on_train_begin(self, args, state, control, **kw):
             self.t_begin = Clock()
+            snaps.start()
 
         def on_train_end(self, args, state, control, **kw):
             self.t_end, self.cpu_end = self.t_begin(), self.t_begin.cpu()
@@ -77,8 +88,9 @@ def main(plan_path: str, result_path: str) -> int:
     final = Path(plan["out_dir"]) / "final"
     trainer.model.save_pretrained(final)
     tokenizer.save_pretrained(final)
-    samples = plan["steps"] * n
+    samples = len(record.step_ends) * kwargs["per_device_train_batch_size"]
     write_result(result_path, side="trl", algo="grpo", samples=samples, loop_s=loop_s, loop_cpu_s=record.cpu_end,
+                 snapshots=snaps.saved, trl_args={k: v for k, v in kwargs.items() if k != "output_dir"},
                  setup_s=setup_s, samples_per_s=samples / loop_s, step_rewards=record.rewards,
                  step_ends=record.step_ends, final_model=str(final),
                  versions={"trl": trl.__version__, "transformers": transformers.__version__,

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Clock, make_task_reward, peak_rss_mb, read_json, set_threads, write_result  # noqa: E402
+from common import Clock, Snapshots, make_task_reward, peak_rss_mb, read_json, set_threads, write_result  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -46,7 +46,7 @@ def main(plan_path: str, result_path: str) -> int:
     tokenizer = load_tokenizer(plan["model_dir"])
     model = AutoModelForCausalLMWithValueHead.from_pretrained(plan["model_dir"], torch_dtype=torch.float32,
                                                               summary_dropout_prob=0.0)
-    config = PPOConfig(
+    kwargs = dict(
         exp_name="compare_trl", seed=plan["seed"], log_with=None, learning_rate=h["lr"],
         batch_size=n, mini_batch_size=h["mini_batch_size"], gradient_accumulation_steps=1,
         ppo_epochs=h["ppo_epochs"], init_kl_coef=h["init_kl_coef"], adap_kl_ctrl=h["adap_kl_ctrl"],
@@ -54,6 +54,9 @@ def main(plan_path: str, result_path: str) -> int:
         cliprange=h["clip_range"], cliprange_value=h["clip_range_value"], vf_coef=h["vf_coef"],
         max_grad_norm=h["max_grad_norm"], whiten_rewards=False,
     )
+    kwargs.update(plan.get("trl_args", {}))  # the time-to-accuracy mode's settings
+    config = PPOConfig(**kwargs)
+    n = config.batch_size
     trainer = PPOTrainer(config, model, ref_model=None, tokenizer=tokenizer)  # TRL copies the reference itself
     reward = make_task_reward()
     banned = [tokenizer.convert_tokens_to_ids(t) for t in plan["banned_tokens"]]
@@ -61,9 +64,14 @@ def main(plan_path: str, result_path: str) -> int:
                       suppress_tokens=banned, pad_token_id=tokenizer.pad_token_id)
     setup_s = wall()
 
+    def save(folder):
+        trainer.model.pretrained_model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
     loop = Clock()
+    snaps = Snapshots(plan)
     rewards, step_ends = [], []
-    for step_records in plan["records"]:
+    for step, step_records in enumerate(plan["records"], start=1):
         prompts = [r["prompt"] for r in step_records]
         queries = [tokenizer(p, return_tensors="pt")["input_ids"][0] for p in prompts]
         responses = trainer.generate(queries, batch_size=n, return_prompt=False, **gen_kwargs)
@@ -73,12 +81,14 @@ def main(plan_path: str, result_path: str) -> int:
         trainer.step(queries, responses, [torch.tensor(s, dtype=torch.float32) for s in scores])
         rewards.append(sum(scores) / len(scores))
         step_ends.append(loop())
+        if snaps.tick(save, step):
+            break
     loop_s, loop_cpu_s = loop(), loop.cpu()
     final = Path(plan["out_dir"]) / "final"
     trainer.model.pretrained_model.save_pretrained(final)
     tokenizer.save_pretrained(final)
-    samples = plan["steps"] * n
-    write_result(result_path, side="trl", algo="ppo", samples=samples, loop_s=loop_s, loop_cpu_s=loop_cpu_s,
+    samples = len(step_ends) * n
+    write_result(result_path, side="trl", algo="ppo", samples=samples, snapshots=snaps.saved, loop_s=loop_s, loop_cpu_s=loop_cpu_s,
                  setup_s=setup_s, samples_per_s=samples / loop_s, step_rewards=rewards, step_ends=step_ends,
                  final_model=str(final),
                  versions={"trl": trl.__version__, "transformers": transformers.__version__,

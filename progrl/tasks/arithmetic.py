@@ -31,6 +31,11 @@ class ArithmeticOptions(BaseModel):
     reward_scale_final: float | None = Field(None, gt=0.0)  # anneal the scale geometrically to this...
     anneal_steps: int = Field(0, ge=0)  # ...over this many RL steps (a curriculum from coarse to exact)
     exact_bonus: float = Field(0.0, ge=0.0)  # added when the error is exactly 0
+    # A curriculum on expression length for TRAINING prompts only (held-out prompts always use
+    # max_chars): the length limit rises linearly from curriculum_start_chars to max_chars over
+    # curriculum_steps RL steps. Scheduled by step, so it needs no held-out data.
+    curriculum_start_chars: int | None = Field(None, ge=3, le=40)  # training prompts' length limit at step 0 (None: no curriculum)
+    curriculum_steps: int = Field(0, ge=0)  # RL steps over which the limit rises to max_chars
 
 
 PAPER_SCALE = 10.0
@@ -45,6 +50,15 @@ def scale_at(opts: ArithmeticOptions, step: int) -> float:
     return opts.reward_scale * (opts.reward_scale_final / opts.reward_scale) ** frac
 
 
+def chars_at(opts: ArithmeticOptions, step: int) -> int:
+    """The training prompts' length limit at RL step ``step`` (the curriculum, then max_chars)."""
+    start = opts.curriculum_start_chars
+    if start is None or opts.curriculum_steps == 0 or start >= opts.max_chars:
+        return opts.max_chars
+    frac = min(1.0, max(0, step - 1) / opts.curriculum_steps)
+    return int(round(start + (opts.max_chars - start) * frac))
+
+
 def task_reward(prompts: list[str], completions: list[str], reward_scale: list[float] | None = None,
                 exact_bonus: list[float] | None = None, **columns) -> list[float]:
     """The paper's reward with the per-sample scale and exact bonus carried in record columns."""
@@ -55,8 +69,8 @@ def task_reward(prompts: list[str], completions: list[str], reward_scale: list[f
             for p, c, s, b in zip(prompts, completions, scales, bonuses)]
 
 
-def _expressions(n: int, rng: random.Random, opts: ArithmeticOptions) -> list[str]:
-    return [core.generate_expression(rng, ops=opts.ops, max_chars=opts.max_chars,
+def _expressions(n: int, rng: random.Random, opts: ArithmeticOptions, max_chars: int | None = None) -> list[str]:
+    return [core.generate_expression(rng, ops=opts.ops, max_chars=max_chars or opts.max_chars,
                                      max_operand=opts.max_operand, max_value=opts.max_value)
             for _ in range(n)]
 
@@ -70,15 +84,18 @@ class ArithmeticTask(Task):
 
     def defaults(self) -> dict:
         """The embedded default job (`progrl train arithmetic`): the best setting measured in
-        docs/results.md that fits in 10 minutes on a 2-core CPU. The paper's own setup is
+        docs/results.md that fits in 10 minutes on a 2-core CPU: PPO (value head, 2 epochs) plus
+        RAFT's imitation term on the policy's own exact answers, this step's and 128 replayed from
+        earlier steps (progrl/expert_iteration.py). The paper's own setup is
         configs/arithmetic-paper.toml."""
         return {
             "steps": DEFAULT_STEPS,
             "model": {"arch": "gpt2", "n_layer": 2, "n_embd": 128, "n_head": 4, "n_positions": 64},
             "sft": {"examples": 256, "epochs": 100, "lr": 1e-3, "batch_size": 32},
             "rollout": {"batch_size": 128, "max_new_tokens": 1, "banned_tokens": [core.PAD, core.BOS, core.UNK]},
-            "algo": {"estimator": "gae", "epochs": 4, "minibatch_size": 64, "lr": 3e-4,
-                     "whiten_advantages": False, "batch_entropy_coef": 0.1, "entropy_coef": 0.0, "kl_coef": 0.0},
+            "algo": {"estimator": "gae", "epochs": 2, "minibatch_size": 64, "lr": 3e-4,
+                     "whiten_advantages": False, "batch_entropy_coef": 0.1, "entropy_coef": 0.0, "kl_coef": 0.0,
+                     "raft": {"coef": 1.0, "replay": 128, "min_reward": 1.0}},
             "reward": {"backend": "inline"},
             "eval": {"every": 100},
             "task_options": {"reward_scale": 1.0},
@@ -95,7 +112,7 @@ class ArithmeticTask(Task):
         rng = random.Random(f"{self.name}-train-{seed}-{step}")
         scale = scale_at(self.options, step)
         return [{**self.example(e), "reward_scale": scale, "exact_bonus": self.options.exact_bonus}
-                for e in _expressions(n, rng, self.options)]
+                for e in _expressions(n, rng, self.options, chars_at(self.options, step))]
 
     def eval_records(self, n: int, seed: int) -> list[Record]:
         rng = random.Random(f"{self.name}-eval-{seed}")
@@ -120,8 +137,17 @@ class ArithmeticChainTask(ArithmeticTask):
     summary = "write the whole worked chain after 'expr='; the paper's full step-checking reward"
 
     def defaults(self) -> dict:
+        """The whole-chain job: the one-token task's model and warm start, then critic-free RLOO
+        (4 samples of each of 32 prompts) at lr 1e-4 on the paper's own reward (scale 10, partial
+        credit for every step) and no entropy bonus. The one-token task's training shaping (scale
+        1, batch entropy 0.1, lr 3e-4, PPO) destroyed this task's warm start within 6 steps:
+        docs/results.md, "Learning arithmetic fully"."""
         d = super().defaults()
-        d["rollout"] = {"max_new_tokens": 24, "banned_tokens": [core.PAD, core.BOS, core.UNK]}
+        d["rollout"] = {"batch_size": 32, "num_generations": 4, "max_new_tokens": 24,
+                        "banned_tokens": [core.PAD, core.BOS, core.UNK]}
+        d["algo"] = {"estimator": "rloo", "epochs": 4, "minibatch_size": 64, "lr": 1e-4, "whiten_advantages": False,
+                     "batch_entropy_coef": 0.0, "entropy_coef": 0.0, "kl_coef": 0.0}
+        d["task_options"] = {"reward_scale": PAPER_SCALE}
         return d
 
     def example(self, expr: str) -> Record:

@@ -1,0 +1,183 @@
+"""RAFT / expert iteration: the sample filter, the loss, and the estimator in the real trainer."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from progrl import expert_iteration as ei
+from progrl.config import ConfigError, build_config
+from progrl.rollout import forward_response
+from progrl.tasks import get_task
+from progrl.tracking import read_jsonl
+from progrl.trainer import Trainer
+
+NAN = math.nan
+
+
+def test_select_threshold_drops_nan_and_low():
+    scores = torch.tensor([1.0, 0.99, NAN, 1.0, 0.2, 1.5])
+    assert ei.select(scores, 1, min_reward=1.0).tolist() == [True, False, False, True, False, True]
+    assert ei.select(scores, 1, min_reward=None).tolist() == [True, True, False, True, True, True]
+
+
+def test_select_top_k_per_group_with_ties_and_threshold():
+    # two groups of 3: best-of-3 (ties: the earlier sample), then best-2 with a threshold
+    scores = torch.tensor([0.5, 0.9, 0.9, NAN, 0.1, 0.3])
+    assert ei.select(scores, 3, min_reward=None, top_k=1).tolist() == [False, True, False, False, False, True]
+    assert ei.select(scores, 3, min_reward=None, top_k=2).tolist() == [False, True, True, False, True, True]
+    assert ei.select(scores, 3, min_reward=0.2, top_k=2).tolist() == [False, True, True, False, False, True]
+    # top_k >= group size ranks nothing away
+    assert ei.select(scores, 3, min_reward=None, top_k=3).tolist() == [True, True, True, False, True, True]
+    with pytest.raises(ValueError, match="groups of 4"):
+        ei.select(scores, 4)
+
+
+def test_raft_loss_is_token_mean_nll():
+    logprobs = torch.tensor([[math.log(0.5), math.log(0.25)], [math.log(0.1), 0.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1], [1, 0]])
+    loss, stats = ei.raft_loss(logprobs, mask)
+    want = -(math.log(0.5) + math.log(0.25) + math.log(0.1)) / 3
+    assert float(loss.detach()) == pytest.approx(want)
+    assert float(stats["kept_tokens"]) == 3
+    loss.backward()
+    assert logprobs.grad.flatten().tolist() == pytest.approx([-1 / 3, -1 / 3, -1 / 3, 0.0])
+    empty, _ = ei.raft_loss(logprobs.detach(), torch.zeros_like(mask))
+    assert float(empty) == 0.0
+
+
+TINY = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "sft.examples=16", "sft.epochs=1",
+        "rollout.batch_size=8", "rollout.num_generations=2", "algo.minibatch_size=4", "algo.epochs=1",
+        "eval.n_prompts=8", "log.progress=false", "log.tensorboard=false", "log.plot=false",
+        "log.checkpoint_every=0", "algo.lr=1e-2", "threads=1", "algo.estimator=\"raft\"", "algo.raft.replay=0",
+        "algo.raft.coef=0.0"]
+
+
+def test_raft_trains_only_on_kept_samples(tmp_path, monkeypatch):
+    """The update sees exactly the kept rows and moves their log-likelihood up; no value head."""
+    task = get_task("arithmetic")
+    # keep everything scoring >= 0.0 but only the best of each pair: half the samples
+    cfg = build_config(task.defaults(), {}, [*TINY, "algo.raft.min_reward=0.0", "algo.raft.top_k=1"], {"steps": 1})
+    tr = Trainer(cfg, task, tmp_path / "run")
+    assert tr.policy.value_head is None
+    seen = []
+    orig = tr.update
+
+    def spy(rollout, mask, advantages, *rest, **kw):
+        keep = advantages.amax(-1) > 0
+        seen.append((rollout, keep.clone()))
+        with torch.no_grad():
+            before = forward_response(tr.policy, rollout.input_ids, rollout.attention_mask,
+                                      rollout.prompt_ids.shape[1])[1][:, 0]
+        out = orig(rollout, mask, advantages, *rest, **kw)
+        with torch.no_grad():
+            after = forward_response(tr.policy, rollout.input_ids, rollout.attention_mask,
+                                     rollout.prompt_ids.shape[1])[1][:, 0]
+        seen.append((before, after))
+        return out
+
+    monkeypatch.setattr(tr, "update", spy)
+    tr.train()
+    (_rollout, keep), (before, after) = seen
+    assert keep.view(-1, 2).sum(-1).tolist() == [1] * 8  # best of each group of 2
+    assert float(after[keep].mean()) > float(before[keep].mean())  # imitation raises the kept answers
+    rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["phase"] == "train"]
+    assert rows[0]["kept_fraction"] == 0.5
+    assert "nll" in rows[0] and "vf_loss" not in rows[0]
+
+
+def test_raft_with_nothing_kept_leaves_the_model_unchanged(tmp_path):
+    task = get_task("arithmetic")
+    cfg = build_config(task.defaults(), {}, [*TINY, "algo.raft.min_reward=5.0"], {"steps": 2})
+    tr = Trainer(cfg, task, tmp_path / "run")
+    tr.warm_start()
+    start = {k: v.clone() for k, v in tr.policy.state_dict().items()}
+    for step in (1, 2):
+        metrics, _ = tr.rl_step(step)
+        assert metrics["kept_fraction"] == 0.0
+    assert all(torch.equal(start[k], v) for k, v in tr.policy.state_dict().items())
+
+
+def test_raft_config_errors_name_the_field():
+    task = get_task("arithmetic")
+    with pytest.raises(ConfigError, match=r"algo\.raft\.top_k"):
+        build_config(task.defaults(), {}, ["algo.raft.top_k=-1"])
+    with pytest.raises(ConfigError, match=r"algo\.raft\.typo: unknown field"):
+        build_config(task.defaults(), {}, ["algo.raft.typo=1"])
+
+
+def test_replay_buffer_roundtrip_fifo_and_padding():
+    prompt_ids = torch.tensor([[0, 5, 6], [7, 8, 9], [0, 0, 4]])
+    prompt_mask = (prompt_ids != 0).long()
+    response_ids = torch.tensor([[11, 2], [12, 0], [13, 0]])
+    response_mask = torch.tensor([[1, 1], [1, 0], [1, 0]])
+    rows = ei.kept_rows(prompt_ids, prompt_mask, response_ids, response_mask, torch.tensor([True, False, True]))
+    assert rows == [([5, 6], [11, 2]), ([4], [13])]
+    buf = ei.ReplayBuffer(capacity=2)
+    buf.add(rows)
+    buf.add([([1], [2])])  # the oldest row leaves
+    assert list(buf.items) == [([4], [13]), ([1], [2])]
+    p, pm, r, rm = ei.ReplayBuffer.batch([([5, 6], [11, 2]), ([4], [13])], pad_id=0)
+    assert p.tolist() == [[5, 6], [0, 4]] and pm.tolist() == [[1, 1], [0, 1]]
+    assert r.tolist() == [[11, 2], [13, 0]] and rm.tolist() == [[1, 1], [1, 0]]
+    g = torch.Generator().manual_seed(0)
+    drawn = buf.draw(5, g)
+    assert len(drawn) == 5 and all(x in buf.items for x in drawn)
+    assert ei.ReplayBuffer(3).draw(4) == []
+    other = ei.ReplayBuffer(2)
+    other.load_state_dict(buf.state_dict())
+    assert list(other.items) == list(buf.items)
+
+
+def test_raft_replay_trains_on_earlier_kept_samples_and_resumes(tmp_path, monkeypatch):
+    """With replay the update sees this step's kept rows plus rows kept earlier; a resumed run
+    restores the buffer and repeats the uninterrupted run."""
+    from progrl.cli import main
+
+    common = [a for kv in TINY + ["algo.raft.min_reward=0.0", "algo.raft.top_k=1", "algo.raft.replay=6",
+                                  "log.checkpoint_every=1"] for a in ("--set", kv)]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    sizes = []
+    original = Trainer.update
+
+    def spy(self, rollout, mask, *rest, **kw):
+        sizes.append(int((mask.sum(-1) > 0).sum()))
+        return original(self, rollout, mask, *rest, **kw)
+
+    monkeypatch.setattr(Trainer, "update", spy)
+    assert main(["train", "arithmetic", "--steps", "3", "--out", str(full), *common]) == 0
+    assert sizes == [8, 14, 14]  # 8 kept rows per step (best of each pair), plus 6 replayed from step 2 on
+    assert main(["train", "arithmetic", "--steps", "2", "--out", str(cut), *common]) == 0
+    assert main(["train", "arithmetic", "--resume", str(cut), "--steps", "3"]) == 0
+    rows_full = [r for r in read_jsonl(full / "metrics.jsonl") if r["phase"] == "train"]
+    rows_cut = [r for r in read_jsonl(cut / "metrics.jsonl") if r["phase"] == "train"]
+    assert [r["nll"] for r in rows_full] == [r["nll"] for r in rows_cut]
+
+
+def test_imitation_term_beside_ppo_with_replay(tmp_path):
+    """`raft.coef` adds the likelihood of kept samples (this step's and replayed ones) to PPO's loss."""
+    task = get_task("arithmetic")
+    base = [kv for kv in TINY if not kv.startswith("algo.estimator")]
+    cfg = build_config(task.defaults(), {}, [*base, "algo.raft.min_reward=0.0", "algo.raft.coef=1.0",
+                                             "algo.raft.replay=4"], {"steps": 2})
+    tr = Trainer(cfg, task, tmp_path / "run")
+    assert tr.policy.value_head is not None  # still PPO with its critic
+    tr.train()
+    rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["phase"] == "train"]
+    assert all(r["kept_fraction"] == 1.0 and r["raft_nll"] > 0 and "vf_loss" in r for r in rows)
+    assert len(tr.replay) == 32  # every sample of both steps was kept and stored
+
+
+@pytest.mark.parametrize("override, field", [({"algo": {"estimator": "raft"}}, "algo.estimator"),
+                                             ({"algo": {"raft": {"coef": 1.0}}}, "algo.raft.coef"),
+                                             ({"rollout": {"retry": {"fraction": 0.5}}}, "rollout.retry.fraction")])
+def test_raft_and_retry_are_refused_with_several_processes(override, field):
+    from progrl.config import ConfigError, TrainConfig
+    from progrl.trainer import check_split
+
+    cfg = TrainConfig.model_validate({"rollout": {"batch_size": 8}, "algo": {"minibatch_size": 8}, **override})
+    check_split(cfg, 1)  # one process: fine
+    with pytest.raises(ConfigError, match=f"^config error: {field}: .*one process"):
+        check_split(cfg, 2)
