@@ -33,6 +33,7 @@ TINY = [
     "model.n_layer=1", "model.n_embd=32", "model.n_head=2", "sft.examples=16", "sft.epochs=2",
     "eval.n_prompts=8", "log.progress=false", "log.tensorboard=false", "log.plot=false",
     "log.checkpoint_every=2", "algo.lr=1e-3", "algo.epochs=2", "threads=1",
+    "algo.raft.coef=0", "algo.raft.replay=0",  # the task default's RAFT term runs in one process only
 ]
 PPO = ["algo.estimator=\"gae\"", "algo.whiten_advantages=true", "algo.batch_entropy_coef=0.1",
        "algo.entropy_coef=0.01", "algo.kl_coef=0.05", "algo.kl_controller=\"adaptive\"", "algo.kl_target=0.01",
@@ -115,6 +116,18 @@ def test_ppo_two_processes_equal_one_process_and_resume(tmp_path):
     assert kl[0] != kl[-1]  # the adaptive controller moved, on the global KL measurement
 
 
+def test_lora_two_processes_equal_one_process(tmp_path):
+    """LoRA under DDP: only the adapter trains, the KL reference is the model with its adapter
+    disabled (no copy), on two processes as on one."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    overrides = [*TINY, *PPO, "model.lora=true", "model.lora_r=4"]
+    one_process(one, overrides, steps=2)
+    launch([*torchrun(), "--standalone", "--nproc_per_node", "2"],
+           ["--steps", "2", "--out", str(two), *sets(overrides)])
+    assert (two / "final" / "adapter").is_dir()
+    assert_same_run(one, two, steps=2)
+
+
 @pytest.fixture()
 def ray_address():
     """A local Ray head for this test (the processes of the run connect to it as drivers)."""
@@ -139,17 +152,20 @@ def test_grpo_groups_two_processes_with_rewards_on_ray(tmp_path, ray_address):
     assert_same_run(one, two, steps=2)
 
 
-def test_fsdp_two_processes_equal_one_process(tmp_path):
+@pytest.mark.parametrize("lora", [[], ["model.lora=true", "model.lora_r=4"]], ids=["full", "lora"])
+def test_fsdp_two_processes_equal_one_process(tmp_path, lora):
     """FSDP2 through ``accelerate launch`` with the shipped config, on CPU (gloo), REINFORCE++
-    (whose normalisation is over the whole batch), KL and batch entropy."""
+    (whose normalisation is over the whole batch), KL and batch entropy; with LoRA the
+    reference is the sharded model with its adapter disabled."""
     from torch.distributed.fsdp import fully_shard  # noqa: F401  (FSDP2 in this torch)
 
     one, two = tmp_path / "one", tmp_path / "two"
-    one_process(one, [*TINY, *REINFORCE_PP], steps=2)
+    overrides = [*TINY, *REINFORCE_PP, *lora]
+    one_process(one, overrides, steps=2)
     exe = Path(sys.executable).with_name("accelerate")
     accelerate = [str(exe)] if exe.exists() else [sys.executable, "-m", "accelerate.commands.accelerate_cli"]
     launch([*accelerate, "launch", "--config_file", str(REPO / "configs" / "accelerate" / "fsdp.yaml"),
-            "--num_processes", "2"], ["--steps", "2", "--out", str(two), *sets([*TINY, *REINFORCE_PP])])
+            "--num_processes", "2"], ["--steps", "2", "--out", str(two), *sets(overrides)])
     assert "fsdp" in (two / "checkpoints" / "step-000002" / "state.json").read_text()
     assert_same_run(one, two, steps=2)
 
