@@ -296,6 +296,21 @@ class LudiiTask(Task):
         self.report.update(train_examples=len(self._train_pool), held_out_examples=len(self._eval_pool),
                            held_out_games_used=len({ex.game for ex in self._eval_pool}))
 
+    def load_data(self) -> None:
+        """Read the games (a bad jar, folder or file is reported before the model is built)."""
+        self._load()
+
+    def data_summary(self) -> str | None:
+        r = self.report
+        if not r:
+            return None
+        line = (f"ludii data: {r.get('games', '?')} games ({r.get('train_games', '?')} for training, "
+                f"{r.get('held_out_games', '?')} held out)")
+        if "train_examples" in r:
+            line += (f"; {r['train_examples']} training and {r['held_out_examples']} held-out FIM examples fit "
+                     f"the token budgets ({r.get('held_out_games_used', '?')} held-out games)")
+        return line
+
     # ------------------------------------------------------------------ data
     def prompt_of(self, ex: fim.FimExample) -> str:
         return ex.windowed_prompt(self.options.context_chars)
