@@ -19,16 +19,15 @@ This module runs in the trainer *and* in the worker processes; it imports nothin
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import inspect
 import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from progrl.pyfile import FileImportError, import_file, resolve_path
 from progrl.rewards.failures import Outcome, classify_batch, classify_exception, classify_value
 from progrl.rewards.wire import FunctionInfo
 
@@ -88,34 +87,19 @@ def absolute_spec(spec: str) -> str:
     """The spec with a file path made absolute (so workers in other directories find it)."""
     where, attr = split_spec(spec)
     if is_file_spec(where):
-        return f"{os.path.abspath(os.path.expanduser(where))}:{attr}"
+        return f"{resolve_path(where)}:{attr}"
     return f"{where}:{attr}"
 
 
 def _load_file(path: str, spec: str) -> Any:
-    path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.isfile(path):
-        raise RewardSpecError(f"reward function {spec!r}: file not found: {path}")
-    stem = os.path.splitext(os.path.basename(path))[0]
-    digest = hashlib.sha1(path.encode()).hexdigest()[:10]
-    mod_name = f"progrl_reward_{''.join(c if c.isalnum() else '_' for c in stem)}_{digest}"
-    if mod_name in sys.modules:
-        return sys.modules[mod_name]
-    folder = os.path.dirname(path)
-    if folder not in sys.path:  # like `python file.py`: sibling modules import
-        sys.path.insert(0, folder)
-    module_spec = importlib.util.spec_from_file_location(mod_name, path)
-    if module_spec is None or module_spec.loader is None:
-        raise RewardSpecError(f"reward function {spec!r}: cannot load {path} as a Python module")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[mod_name] = module
+    path = resolve_path(path)
     try:
-        module_spec.loader.exec_module(module)
+        return import_file(path, "progrl_reward")
+    except FileImportError as exc:
+        raise RewardSpecError(f"reward function {spec!r}: {exc}") from None
     except BaseException as exc:
-        del sys.modules[mod_name]
         raise RewardSpecError(f"reward function {spec!r}: importing {path} failed: "
                               f"{type(exc).__name__}: {exc}") from exc
-    return module
 
 
 def _load_module(name: str, spec: str) -> Any:
@@ -219,7 +203,7 @@ def precheck(spec: FunctionSpec) -> None:
     label = spec.source or spec.target
     where, _ = split_spec(spec.target)
     if is_file_spec(where):
-        path = os.path.abspath(os.path.expanduser(where))
+        path = resolve_path(where)
         if not os.path.isfile(path):
             raise RewardSpecError(f"reward function {label!r}: file not found: {path}")
         return

@@ -18,14 +18,12 @@ absolute), so ``progrl eval RUN`` and ``--resume`` find the task again from any 
 
 from __future__ import annotations
 
-import hashlib
 import importlib
-import importlib.util
 import os
-import sys
 from importlib import metadata
 
 from progrl.config import ConfigError, validate_model
+from progrl.pyfile import FileImportError, import_file, resolve_path
 from progrl.tasks.base import Record, Task
 
 # name -> "module:Class", imported on first use so optional dependencies stay optional
@@ -62,34 +60,19 @@ def task_reference(name: str) -> str:
     if _is_reference(name):
         where, _, attr = name.rpartition(":")
         if _is_file(where):
-            return f"{os.path.abspath(os.path.expanduser(where))}:{attr}"
+            return f"{resolve_path(where)}:{attr}"
     return name
 
 
 def _load_file(path: str, name: str):
-    path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.isfile(path):
-        raise ConfigError(f"config error: task: {name!r}: file not found: {path}")
-    stem = os.path.splitext(os.path.basename(path))[0]
-    mod_name = f"progrl_task_{''.join(c if c.isalnum() else '_' for c in stem)}_" \
-               f"{hashlib.sha1(path.encode()).hexdigest()[:10]}"
-    if mod_name in sys.modules:
-        return sys.modules[mod_name]
-    folder = os.path.dirname(path)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    spec = importlib.util.spec_from_file_location(mod_name, path)
-    if spec is None or spec.loader is None:
-        raise ConfigError(f"config error: task: {name!r}: cannot load {path} as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module
+    path = resolve_path(path)
     try:
-        spec.loader.exec_module(module)
+        return import_file(path, "progrl_task")
+    except FileImportError as exc:
+        raise ConfigError(f"config error: task: {name!r}: {exc}") from None
     except Exception as exc:
-        del sys.modules[mod_name]
         raise ConfigError(f"config error: task: {name!r}: importing {path} failed: {type(exc).__name__}: {exc}") \
             from None
-    return module
 
 
 def _load_reference(ref: str, name: str):
