@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from progrl.rewards.failures import Outcome
+from progrl.rewards.spec import RewardSpecError
 from progrl.rewards.wire import FunctionInfo
 
 
@@ -92,6 +93,20 @@ class SupervisedBackend:
         self._workers: list[Any] = []
         self._closed = False
         self._start_failures = 0  # workers in a row that died before being ready
+        self.infos: list[FunctionInfo] | None = None  # what the first worker to load the functions reported
+
+    def _started(self, worker: Any, tag: str, payload: Any, kill) -> None:
+        """A worker's start message, parsed: ``"fatal"`` (the functions cannot be loaded; the
+        worker is killed with ``kill()``) raises RewardSpecError; otherwise the first report of
+        the functions is kept and the worker is idle."""
+        if tag == "fatal":
+            kill()
+            raise RewardSpecError(payload)
+        if self.infos is None:
+            self.infos = payload
+            self.batched = [i.batched for i in payload]
+        worker.state = "idle"
+        self._start_failures = 0
 
     def start(self) -> None:
         raise NotImplementedError

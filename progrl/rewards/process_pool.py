@@ -469,14 +469,7 @@ class ProcessBackend(SupervisedBackend):
             except ProtocolError as exc:
                 bad = f"malformed message from the reward worker ({exc})"
             else:
-                if tag == "fatal":
-                    w.kill()
-                    raise RewardSpecError(payload)
-                if self.infos is None:
-                    self.infos = payload
-                    self.batched = [i.batched for i in payload]
-                w.state = "idle"
-                self._start_failures = 0
+                self._started(w, tag, payload, w.kill)
                 return
         what = self._loading(w)
         if bad is not None:

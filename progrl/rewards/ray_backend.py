@@ -264,14 +264,7 @@ class RayBackend(SupervisedBackend):
             except ray.exceptions.RayError as exc:
                 self._loading_failed(slot, f"the reward actor died while loading it ({type(exc).__name__})")
                 return
-            if tag == "fatal":
-                self._kill(slot)
-                raise RewardSpecError(payload)
-            if self.infos is None:
-                self.infos = payload
-                self.batched = [i.batched for i in payload]
-            slot.state = "idle"
-            self._start_failures = 0
+            self._started(slot, tag, payload, lambda: self._kill(slot))
             return
         job = slot.job
         assert job is not None
