@@ -148,12 +148,12 @@ def main() -> int:
     load = os.getloadavg()[0]
     t_start = time.time()
     speed = {}
-    verdicts: list = []
+    last_pass: list = []
     for w in (1, 2):
-        speed[w], verdicts = throughput(jar, games, w, args.repeats)
+        speed[w], last_pass = throughput(jar, games, w, args.repeats)
     verdict_rows = verdicts(jar, mix) if jar else []
     rows, ping = overhead(jar, mix, args.repeats)
-    kinds = ", ".join(f"{v} {sum(r.verdict == v for r in verdicts)}" for v in sorted({r.verdict for r in verdicts}))
+    kinds = ", ".join(f"{v} {sum(r.verdict == v for r in last_pass)}" for v in sorted({r.verdict for r in last_pass}))
     what = (f"the Ludii jar ({Path(jar).name}, worker compiled against it)" if jar else
             "the fake worker (no jar: the pool's own cost only)")
     section = "\n".join([

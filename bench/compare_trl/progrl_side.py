@@ -44,6 +44,8 @@ def overrides(plan: dict) -> dict:
                 "kl_controller": "adaptive" if h["adap_kl_ctrl"] else "fixed", "kl_target": h["target"],
                 "kl_horizon": h["horizon"], "kl_estimator": "k1", "kl_in": "reward"}
         rollout = {"batch_size": plan["samples_per_step"], "num_generations": 1}
+    # the task default's own extras (batch entropy, RAFT's imitation term) are not part of the matched algorithm
+    algo.update(entropy_coef=0.0, batch_entropy_coef=0.0, raft={"coef": 0.0, "replay": 0})
     common["algo"] = algo
     common["rollout"] = {**common["rollout"], **rollout}
     return common
