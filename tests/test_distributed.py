@@ -146,7 +146,9 @@ def test_grpo_groups_two_processes_with_rewards_on_ray(tmp_path, ray_address):
     processes score their samples on a Ray cluster, the single process inline."""
     one, two = tmp_path / "one", tmp_path / "two"
     one_process(one, [*TINY, *GRPO], steps=2)
-    ray = ["reward.backend=\"ray\"", "reward.workers=1", f"reward.ray_address=\"{ray_address}\""]
+    # an actor imports torch and progrl: on a loaded 2-core machine that can take more than the 10 s call timeout
+    ray = ["reward.backend=\"ray\"", "reward.workers=1", f"reward.ray_address=\"{ray_address}\"",
+           "reward.load_timeout=120"]
     launch([*torchrun(), "--standalone", "--nproc_per_node", "2"],
            ["--steps", "2", "--out", str(two), *sets([*TINY, *GRPO, *ray])])
     assert_same_run(one, two, steps=2)

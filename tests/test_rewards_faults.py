@@ -40,9 +40,10 @@ def check_fault(engine: RewardEngine, fault: str, batched: bool) -> None:
     t0 = time.monotonic()
     res = engine.score(["p"] * 4, COMPLETIONS, {"fault": ["ok", "ok", fault, "ok"]})
     wall = time.monotonic() - t0
-    # bounded by the timeout (a hang would never end); killing a Ray actor takes longer than a
-    # process kill, more so on a loaded 2-core machine, hence its larger slack
-    slack = 4.0 if engine.cfg.backend == "ray" else 1.0
+    # bounded by the timeout (every fault runs forever when nothing stops it); killing and
+    # replacing a Ray actor takes seconds more than a process kill on a loaded 2-core machine
+    # (5.7-6.1 s seen under load 5), hence its larger slack
+    slack = 10.0 if engine.cfg.backend == "ray" else 1.0
     assert wall < engine.cfg.timeout + slack, f"{fault}: scoring took {wall:.2f}s"
     failed_value = None if kind and engine.policy[kind] == "skip" else engine.policy.get(kind)  # skip: one fn -> drop
     expected = [failed_value if (kind and i in guilty) else float(len(c)) for i, c in enumerate(COMPLETIONS)]
