@@ -159,6 +159,8 @@ def markdown(report: dict) -> str:
         best = max(s["curve"], key=lambda p: p["accuracy"])
         lines.append(f"| {s['label']} | {s['settings']} | {s['samples_per_s']:.0f} | {s['samples']:,} | "
                      + " | ".join(at(m) for m in marks) + f" | {100 * best['accuracy']:.1f}% ({best['t']:.0f}) |")
+    for f in report.get("failed", []):
+        lines.append(f"| {f['label']} | {f['settings']} | failed: {f['error']} |" + " |" * (len(marks) + 2))
     g = report["goal"]
     lines += ["", f"Goal: progrl reaches the best accuracy any TRL run reaches ({100 * g['target']:.1f}%, "
               f"{g['trl_label']}, at {g['t_trl']:.0f} s) in under a third of that time: "
@@ -188,6 +190,8 @@ def main(argv=None) -> int:
     p.add_argument("--markdown", help="write the section into this markdown file")
     p.add_argument("--plot", help="write the plot here (PNG)")
     p.add_argument("--from-report", action="store_true", help="run nothing: re-render OUT/report.json")
+    p.add_argument("--reuse", action="store_true",
+                   help="sides whose OUT/<side>/result.json exists (same TRL settings) are read back, not run again")
     args = p.parse_args(argv)
     out = Path(args.out)
     if args.from_report:
@@ -207,6 +211,7 @@ def run_all(args, out: Path, argv) -> dict:
     from progrl.tasks import get_task
 
     load_before = os.getloadavg()[0]
+    failed: list[dict] = []
     out.mkdir(parents=True, exist_ok=True)
     model_dir = build_initial_model(out, args)
     start = matched.evaluate(str(model_dir), args.eval_prompts, args.threads, out / "initial-eval")
@@ -251,7 +256,19 @@ def run_all(args, out: Path, argv) -> dict:
                       ", ".join(f"{k}={v}" for k, v in trl_args.items())))
     results = []
     for tag, label, py, script, plan, settings in specs:
-        res = matched.run_side(py, script, plan, out / tag, f"{tag}")
+        saved = out / tag / "result.json"
+        if args.reuse and saved.exists() and json.loads((out / tag / "plan.json").read_text()).get("trl_args") == \
+                plan.get("trl_args"):
+            matched.say(f"{tag}: reusing {saved}")
+            res = json.loads(saved.read_text())
+        else:
+            try:
+                res = matched.run_side(py, script, plan, out / tag, f"{tag}")
+            except RuntimeError as exc:  # e.g. a TRL run that diverged: a result of its own, not the end of the report
+                last = str(exc).strip().splitlines()[-1]
+                matched.say(f"{tag}: failed: {last}")
+                failed.append({"tag": tag, "label": label, "settings": settings, "error": last})
+                continue
         pts = curve(res, args.eval_prompts, args.threads, out / tag, start)
         results.append({"side": "progrl" if tag == "progrl" else "trl", "tag": tag,
                         "label": label + (f" #{tag.rsplit('-', 1)[-1]}" if tag.startswith("trl-grpo") else ""),
@@ -260,7 +277,7 @@ def run_all(args, out: Path, argv) -> dict:
         matched.say(f"{tag}: best held-out accuracy {max(p['accuracy'] for p in pts):.3f}")
     cmd = "python bench/compare_trl/time_to_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report = {"args": vars(args), "command": cmd.strip(), "load_before": load_before,
-              "load_after": os.getloadavg()[0], "start": start, "sides": results,
+              "load_after": os.getloadavg()[0], "start": start, "sides": results, "failed": failed,
               "machine": f"{os.cpu_count()}-core {platform.machine()} CPU ({benchdoc.cpu_model()}), Linux, no GPU",
               "date": time.strftime("%Y-%m-%d %H:%M")}
     if any(s["side"] == "trl" for s in results) and any(s["side"] == "progrl" for s in results):
