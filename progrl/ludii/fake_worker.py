@@ -8,7 +8,7 @@ on purpose::
     SPAWN:<file>        start a child process (``sleep``), write its pid to <file>, then hang
     CRASH               exit at once with code 7
     GARBAGE             answer with a line that is not JSON
-    TWOLINES            answer, then write a second, unsolicited line
+    TWOLINES            answer, then (0.1 s later) write a second, unsolicited line
     WRONGID             answer with another request's id
     FLOOD               write 9 MB without a newline
     SLOW:<seconds>      sleep that long, then answer "playable"
@@ -133,7 +133,9 @@ def main(argv: list[str]) -> int:
             out.write(json.dumps({"id": rid + 1, **reply}) + "\n")
         else:
             out.write(json.dumps({"id": rid, **reply}) + "\n")
-            if "TWOLINES" in game:
+            if "TWOLINES" in game:  # the extra line comes a little after the answer, while the worker is idle
+                out.flush()
+                time.sleep(0.1)
                 out.write(json.dumps({"id": rid, "ok": True}) + "\n")
         out.flush()
     return 0
