@@ -431,10 +431,7 @@ class Trainer:
             keep = expert_iteration.select(raw, G, a.raft.min_reward, a.raft.top_k)
         if a.estimator == "raft":
             if a.raft.replay:  # train on this step's kept samples and on kept samples of earlier steps
-                old = self.replay.draw(a.raft.replay, step_generator(cfg.seed, step, torch.device("cpu"), salt=2))
-                rows = expert_iteration.kept_rows(rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
-                                                  rollout.response_mask, keep)
-                self.replay.add(rows)
+                rows, old = self.replay_step(rollout, keep, step)
                 batch, batch_mask = self.imitation_batch(rows + old)
                 if self.reference is not None:
                     with torch.no_grad():
@@ -449,9 +446,7 @@ class Trainer:
                                                      valid=~dropped)
         replayed = None
         if a.estimator != "raft" and a.raft.coef and a.raft.replay:  # the imitation term's earlier samples
-            old = self.replay.draw(a.raft.replay, step_generator(cfg.seed, step, torch.device("cpu"), salt=2))
-            self.replay.add(expert_iteration.kept_rows(rollout.prompt_ids, rollout.prompt_mask,
-                                                       rollout.response_ids, rollout.response_mask, keep))
+            old = self.replay_step(rollout, keep, step)[1]
             replayed = self.imitation_batch(old)[0] if old else None
 
         # 5. update: epochs x minibatches, reusing the rollout's log-probs and values as "old"
@@ -501,6 +496,16 @@ class Trainer:
                   "rewards": {k: v[i] for k, v in per_function.items()}}
                  for i in range(0, n_samples, max(1, n_samples // max(n_show, 1)))][:n_show] if n_show else []
         return metrics, shown
+
+    def replay_step(self, rollout: Rollout, keep: torch.Tensor, step: int) -> tuple[list, list]:
+        """RAFT's replay for this step: ``(this step's kept rows, rows drawn from earlier steps)``;
+        the draw comes first, then this step's kept rows join the buffer."""
+        old = self.replay.draw(self.cfg.algo.raft.replay, step_generator(self.cfg.seed, step, torch.device("cpu"),
+                                                                          salt=2))
+        rows = expert_iteration.kept_rows(rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
+                                          rollout.response_mask, keep)
+        self.replay.add(rows)
+        return rows, old
 
     def imitation_batch(self, rows: list) -> tuple[Rollout, torch.Tensor]:
         """RAFT's training rows (prompt and response token lists) as a padded rollout and its mask."""

@@ -347,9 +347,7 @@ class JsonLinesPool:
                         if not queue:
                             break
                         if w.state == "idle":
-                            lines, overflow = w.read_lines(self.max_line)
-                            if lines or overflow or w.eof:  # unsolicited output while idle: out of step
-                                self._replace(w)
+                            if self._replace_if_out_of_step(w, *w.read_lines(self.max_line)):
                                 continue
                             i = queue.popleft()
                             self._next_id += 1
@@ -367,6 +365,13 @@ class JsonLinesPool:
                 raise
         self.stats["requests"] += n
         return [r if r is not None else Reply(None, "error", "no reply (internal error)") for r in replies]
+
+    def _replace_if_out_of_step(self, w: _Worker, lines: list[bytes], overflow: bool) -> bool:
+        """An idle worker that wrote anything (or died) is out of step: replace it; True if it was."""
+        if lines or overflow or w.eof:
+            self._replace(w)
+            return True
+        return False
 
     def _deadline(self, w: _Worker) -> float:
         return w.since + self.startup_timeout if w.state == "starting" else w.deadline
@@ -387,8 +392,8 @@ class JsonLinesPool:
                 self._check_starting(w, lines, overflow)
             elif w.state == "busy":
                 self._check_busy(w, lines, overflow, sent_at, replies)
-            elif lines or overflow or w.eof:  # idle: unsolicited output, or it died
-                self._replace(w)
+            else:
+                self._replace_if_out_of_step(w, lines, overflow)
 
     def _start_failed(self, w: _Worker, reason: str) -> None:
         self._start_failures += 1
