@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections import deque
 
 import torch
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -41,6 +43,12 @@ class RAFTConfig(BaseModel):
     # (ReST's growing dataset of filtered samples; 0: only this step's samples)
     replay: int = Field(0, ge=0)
     replay_capacity: int = Field(16384, ge=1)  # kept samples the replay buffer holds (first in, first out)
+    # how much each kept sample counts: "uniform" (RAFT: every success alike) or
+    # "inverse_probability" (1 / the probability with which it was sampled, capped at max_weight:
+    # a success the policy rarely finds counts as much as the many it finds easily, which turns
+    # the expected update from the gradient of the success rate into that of its logarithm)
+    weight: Literal["uniform", "inverse_probability"] = "uniform"
+    max_weight: float = Field(10.0, ge=1.0)  # cap of the inverse-probability weight
 
 
 def select(scores: torch.Tensor, group_size: int = 1, min_reward: float | None = None,
@@ -67,12 +75,29 @@ def select(scores: torch.Tensor, group_size: int = 1, min_reward: float | None =
     return keep
 
 
+def importance_weights(logprobs: torch.Tensor, mask: torch.Tensor, max_weight: float) -> torch.Tensor:
+    """``(B,)`` inverse sampling probabilities ``min(1 / pi_old(y | x), max_weight)`` of whole responses.
+
+    ``logprobs`` ``(B, T)`` are the log-probabilities the responses were sampled with (after the
+    sampling temperature), ``mask`` ``(B, T)`` their real tokens; ``pi_old(y | x)`` is the product
+    over the response's tokens. In the expectation over sampling, weighting a kept sample by
+    ``1 / pi_old`` cancels the probability of drawing it: the imitation term's expected gradient
+    becomes that of ``log P(success)`` (maximum marginal likelihood) instead of ``P(success)``,
+    so prompts the policy rarely solves are not drowned by those it already solves. The cap
+    bounds the variance (and a weight is never below 1: the cap applies from above only).
+    """
+    seq = (logprobs.detach() * mask.to(logprobs.dtype)).sum(-1)
+    return torch.exp(-seq).clamp(min=1.0, max=max_weight)
+
+
 def raft_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Negative log-likelihood of the kept responses: ``-mean over their tokens of log pi(a_t|s_t)``.
 
     ``logprobs`` ``(b, T)`` are the current policy's log-probabilities of the taken tokens of
     kept responses, ``mask`` ``(b, T)`` their real tokens. Every kept token counts once (the
-    token mean of supervised fine-tuning). Returns ``(loss, stats)``; an empty mask gives 0.
+    token mean of supervised fine-tuning); a mask of weights instead of 0/1 (a row's weight on
+    each of its tokens, :func:`importance_weights`) gives the weighted mean. Returns
+    ``(loss, stats)``; an empty mask gives 0.
     """
     m = mask.to(logprobs.dtype)
     n = m.sum()
@@ -83,14 +108,24 @@ def raft_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
 
 
 def kept_rows(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
-              response_mask: torch.Tensor, keep: torch.Tensor) -> list[tuple[list[int], list[int]]]:
-    """The rows ``keep`` (bool ``(B,)``) of a left-padded prompt / right-padded response batch, unpadded."""
-    return [(prompt_ids[i][prompt_mask[i].bool()].tolist(), response_ids[i][response_mask[i].bool()].tolist())
-            for i in torch.nonzero(keep).squeeze(-1).tolist()]
+              response_mask: torch.Tensor, keep: torch.Tensor, weights: torch.Tensor | None = None) -> list[tuple]:
+    """The rows ``keep`` (bool ``(B,)``) of a left-padded prompt / right-padded response batch, unpadded:
+    ``(prompt, response)`` token lists, or ``(prompt, response, weight)`` when ``weights`` ``(B,)`` are given."""
+    idx = torch.nonzero(keep).squeeze(-1).tolist()
+    rows = [(prompt_ids[i][prompt_mask[i].bool()].tolist(), response_ids[i][response_mask[i].bool()].tolist())
+            for i in idx]
+    if weights is None:
+        return rows
+    return [(p, r, float(weights[i])) for (p, r), i in zip(rows, idx)]
+
+
+def row_weights(rows: list[tuple]) -> torch.Tensor:
+    """``(n,)`` weights of stored rows (1 for a row stored without one)."""
+    return torch.tensor([float(row[2]) if len(row) > 2 else 1.0 for row in rows])
 
 
 class ReplayBuffer:
-    """First-in-first-out store of kept (prompt, response) token sequences.
+    """First-in-first-out store of kept (prompt, response[, weight]) token sequences.
 
     Rows are stored without padding (plain lists of token ids, so the buffer can be written to a
     checkpoint as JSON); :meth:`batch` pads a selection again: prompts on the left, responses
@@ -103,11 +138,11 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return len(self.items)
 
-    def add(self, rows: list[tuple[list[int], list[int]]]) -> None:
+    def add(self, rows: list[tuple]) -> None:
         """Store ``rows`` (from :func:`kept_rows`); the oldest rows leave when the buffer is full."""
         self.items.extend(rows)
 
-    def draw(self, n: int, generator: torch.Generator | None = None) -> list[tuple[list[int], list[int]]]:
+    def draw(self, n: int, generator: torch.Generator | None = None) -> list[tuple]:
         """``n`` stored rows drawn uniformly with replacement (none when the buffer is empty)."""
         if not self.items or n <= 0:
             return []
@@ -115,15 +150,15 @@ class ReplayBuffer:
         return [self.items[i] for i in idx]
 
     @staticmethod
-    def batch(rows: list[tuple[list[int], list[int]]], pad_id: int, device=None):
+    def batch(rows: list[tuple], pad_id: int, device=None):
         """``(prompt_ids, prompt_mask, response_ids, response_mask)`` of ``rows``, padded."""
-        P = max(len(p) for p, _ in rows)
-        T = max(len(r) for _, r in rows)
+        P = max(len(row[0]) for row in rows)
+        T = max(len(row[1]) for row in rows)
         prompt_ids = torch.full((len(rows), P), pad_id, dtype=torch.long)
         prompt_mask = torch.zeros((len(rows), P), dtype=torch.long)
         response_ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
         response_mask = torch.zeros((len(rows), T), dtype=torch.long)
-        for i, (p, r) in enumerate(rows):
+        for i, (p, r, *_weight) in enumerate(rows):
             prompt_ids[i, P - len(p):] = torch.tensor(p, dtype=torch.long)
             prompt_mask[i, P - len(p):] = 1
             response_ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
@@ -135,4 +170,4 @@ class ReplayBuffer:
 
     def load_state_dict(self, state: dict) -> None:
         self.items.clear()
-        self.items.extend((list(p), list(r)) for p, r in state["items"])
+        self.items.extend((list(x[0]), list(x[1]), *x[2:]) for x in state["items"])

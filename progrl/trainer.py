@@ -426,12 +426,15 @@ class Trainer:
         rewards = token_rewards(scores, mask, kl if in_reward else None, beta)
 
         # 4. advantages (RAFT: which samples to imitate)
-        keep, batch, batch_mask = None, rollout, mask
+        keep, weights, batch, batch_mask = None, None, rollout, mask
         if a.estimator == "raft" or a.raft.coef:
             keep = expert_iteration.select(raw, G, a.raft.min_reward, a.raft.top_k)
+            weights = keep.float()  # how much each sample counts in the imitation (0: not kept)
+            if a.raft.weight == "inverse_probability":
+                weights = weights * expert_iteration.importance_weights(rollout.logprobs, mask, a.raft.max_weight)
         if a.estimator == "raft":
             if a.raft.replay:  # train on this step's kept samples and on kept samples of earlier steps
-                rows, old = self.replay_step(rollout, keep, step)
+                rows, old = self.replay_step(rollout, keep, step, weights)
                 batch, batch_mask = self.imitation_batch(rows + old)
                 if self.reference is not None:
                     with torch.no_grad():
@@ -439,22 +442,24 @@ class Trainer:
                                                         batch.prompt_ids.shape[1], r.temperature)[1]
                 advantages, returns = batch_mask, None
             else:
-                advantages, returns = keep.float().unsqueeze(-1) * mask, None
+                advantages, returns = weights.unsqueeze(-1) * mask, None
         else:
             advantages, returns = compute_advantages(a.estimator, rewards, mask, rollout.values, group_size=G,
                                                      gamma=a.gamma, lam=a.lam, whiten=a.whiten_advantages,
                                                      valid=~dropped)
         replayed = None
         if a.estimator != "raft" and a.raft.coef and a.raft.replay:  # the imitation term's earlier samples
-            old = self.replay_step(rollout, keep, step)[1]
-            replayed = self.imitation_batch(old)[0] if old else None
+            old = self.replay_step(rollout, keep, step, weights)[1]
+            replayed = self.imitation_batch(old) if old else None
 
         # 5. update: epochs x minibatches, reusing the rollout's log-probs and values as "old"
-        stats = self.update(batch, batch_mask, advantages, returns, ref_logprobs, beta, step, keep=keep,
+        stats = self.update(batch, batch_mask, advantages, returns, ref_logprobs, beta, step, keep=weights,
                             replayed=replayed)
         timings["time_update"] = time.time() - t0
         if keep is not None:
             stats["kept_fraction"] = float(keep.float().mean())
+            if a.raft.weight != "uniform" and keep.any():
+                stats["kept_weight_mean"] = float(weights[keep].mean())
 
         if kl is not None:
             seq_kl = float((kl.sum(-1)).mean())
@@ -497,35 +502,41 @@ class Trainer:
                  for i in range(0, n_samples, max(1, n_samples // max(n_show, 1)))][:n_show] if n_show else []
         return metrics, shown
 
-    def replay_step(self, rollout: Rollout, keep: torch.Tensor, step: int) -> tuple[list, list]:
+    def replay_step(self, rollout: Rollout, keep: torch.Tensor, step: int,
+                    weights: torch.Tensor | None = None) -> tuple[list, list]:
         """RAFT's replay for this step: ``(this step's kept rows, rows drawn from earlier steps)``;
-        the draw comes first, then this step's kept rows join the buffer."""
+        the draw comes first, then this step's kept rows join the buffer (with their imitation
+        weights when ``algo.raft.weight`` is not uniform)."""
         old = self.replay.draw(self.cfg.algo.raft.replay, step_generator(self.cfg.seed, step, torch.device("cpu"),
                                                                           salt=2))
+        weighted = self.cfg.algo.raft.weight != "uniform"
         rows = expert_iteration.kept_rows(rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
-                                          rollout.response_mask, keep)
+                                          rollout.response_mask, keep, weights if weighted else None)
         self.replay.add(rows)
         return rows, old
 
     def imitation_batch(self, rows: list) -> tuple[Rollout, torch.Tensor]:
-        """RAFT's training rows (prompt and response token lists) as a padded rollout and its mask."""
+        """RAFT's training rows (prompt and response token lists) as a padded rollout and its mask,
+        each row's tokens weighted by the row's imitation weight (1 when stored without one)."""
         pad = self.sampling.pad_id
         empty = not rows
         if empty:  # nothing kept yet: an empty update
-            rows = [([pad], [pad])]
+            rows = [([pad], [pad], 0.0)]
         p_ids, p_mask, r_ids, r_mask = expert_iteration.ReplayBuffer.batch(rows, pad, self.device)
         batch = Rollout(prompt_ids=p_ids, prompt_mask=p_mask, response_ids=r_ids, response_mask=r_mask,
                         logprobs=torch.zeros(r_ids.shape, device=self.device), values=None)
-        return batch, r_mask.float() * (0.0 if empty else 1.0)
+        return batch, r_mask.float() * expert_iteration.row_weights(rows).to(self.device).unsqueeze(-1)
 
     def update(self, rollout: Rollout, mask, advantages, returns, ref_logprobs, beta: float, step: int,
-               keep: torch.Tensor | None = None, replayed: Rollout | None = None) -> dict:
+               keep: torch.Tensor | None = None, replayed: tuple[Rollout, torch.Tensor] | None = None) -> dict:
         """Epochs x minibatches over the whole batch; this process trains on its share of each
         minibatch, with every average taken over the whole minibatch (progrl.reductions).
 
         RAFT (one process only, see check_split): estimator "raft" trains on the kept rows alone
-        (advantage 1); ``keep`` with ``algo.raft.coef`` adds the likelihood of the kept samples
-        (and of ``replayed`` ones of earlier steps) to the estimator's loss."""
+        (``advantages`` hold each kept row's imitation weight); ``keep`` (the samples' imitation
+        weights, 0 = not kept) with ``algo.raft.coef`` adds the weighted likelihood of the kept
+        samples (and of ``replayed`` ones of earlier steps: their rollout and weighted mask) to
+        the estimator's loss."""
         a, dist = self.cfg.algo, self.dist
         raft = a.estimator == "raft"
         # RAFT trains on the kept samples only; the others cost nothing
@@ -547,7 +558,7 @@ class Trainer:
             order = rows[torch.randperm(n, generator=g)].to(self.device)
             minibatches = [order[i:i + a.minibatch_size] for i in range(0, n, a.minibatch_size)]
             if replayed is not None:  # spread the replayed rows over this epoch's minibatches
-                r_order = torch.randperm(replayed.response_ids.shape[0], generator=g).to(self.device)
+                r_order = torch.randperm(replayed[0].response_ids.shape[0], generator=g).to(self.device)
                 replay_chunks = [c for c in r_order.tensor_split(len(minibatches)) if len(c)]
             for k, idx in enumerate(minibatches):
                 counts = minibatch_counts(mask, idx)  # the whole minibatch: the same on every process
@@ -560,7 +571,7 @@ class Trainer:
                     logits, logprobs, values = forward_response(self.model, input_ids[mine], attention[mine], P,
                                                                 self.cfg.rollout.temperature, self.share_prompts)
                     if raft:
-                        pg_loss, pg_stats = expert_iteration.raft_loss(logprobs, m)
+                        pg_loss, pg_stats = expert_iteration.raft_loss(logprobs, m * advantages[mine])
                     else:
                         pg_loss, pg_stats = policy_loss(logprobs, rollout.logprobs[mine], advantages[mine], m,
                                                         a.clip_range, a.loss_agg, a.clip_range_high, max_len=max_len,
@@ -571,10 +582,11 @@ class Trainer:
                         lps, ms = [logprobs], [m * keep[mine].to(m.dtype).unsqueeze(-1)]
                         if replayed is not None and k < len(replay_chunks):  # kept samples of earlier steps
                             ridx = replay_chunks[k]
-                            lps.append(forward_response(self.model, replayed.input_ids[ridx],
-                                                        replayed.attention_mask[ridx], replayed.prompt_ids.shape[1],
+                            old_batch, old_mask = replayed
+                            lps.append(forward_response(self.model, old_batch.input_ids[ridx],
+                                                        old_batch.attention_mask[ridx], old_batch.prompt_ids.shape[1],
                                                         self.cfg.rollout.temperature)[1])
-                            ms.append(replayed.response_mask[ridx].to(m.dtype))
+                            ms.append(old_mask[ridx].to(m.dtype))
                         width = max(x.shape[1] for x in lps)
                         imitation, _ = expert_iteration.raft_loss(
                             torch.cat([torch.nn.functional.pad(x, (0, width - x.shape[1])) for x in lps]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -53,6 +54,45 @@ TINY = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "sft.examples=16
         "eval.n_prompts=8", "log.progress=false", "log.tensorboard=false", "log.plot=false",
         "log.checkpoint_every=0", "algo.lr=1e-2", "threads=1", "algo.estimator=\"raft\"", "algo.raft.replay=0",
         "algo.raft.coef=0.0"]
+
+
+def test_importance_weights_and_the_weighted_raft_loss():
+    """1 / pi_old of whole responses, capped at max_weight (worked by hand), and the token mean
+    weighted by them."""
+    old = torch.tensor([[math.log(0.5), 0.0], [math.log(0.05), 0.0], [math.log(0.5), math.log(0.5)],
+                        [0.0, 0.0]])
+    mask = torch.tensor([[1, 0], [1, 0], [1, 1], [1, 0]])
+    w = ei.importance_weights(old, mask, max_weight=10.0)
+    assert w.tolist() == pytest.approx([2.0, 10.0, 4.0, 1.0])  # 1/0.05 = 20 is capped; pi_old = 1 gives 1
+    current = torch.tensor([[-1.0, 9.0], [-2.0, 9.0], [-1.0, -3.0], [-5.0, 9.0]])
+    keep = torch.tensor([1.0, 1.0, 1.0, 0.0])  # the last row was not kept
+    loss, _ = ei.raft_loss(current, mask * (keep * w).unsqueeze(-1))
+    assert float(loss) == pytest.approx((2 * 1 + 10 * 2 + 4 * (1 + 3)) / (2 + 10 + 4 * 2))  # = 1.9
+    rows = ei.kept_rows(torch.tensor([[3], [4], [5], [6]]), torch.ones(4, 1), torch.tensor([[7, 0], [8, 0], [9, 9], [1, 0]]),
+                        mask, keep.bool(), keep * w)
+    assert rows == [([3], [7], 2.0), ([4], [8], 10.0), ([5], [9, 9], 4.0)]
+    assert ei.row_weights(rows + [([1], [2])]).tolist() == [2.0, 10.0, 4.0, 1.0]
+    buf = ei.ReplayBuffer(4)
+    buf.add(rows)
+    other = ei.ReplayBuffer(4)
+    other.load_state_dict(json.loads(json.dumps(buf.state_dict())))  # a checkpoint holds it as JSON
+    assert list(other.items) == rows
+
+
+def test_inverse_probability_weighting_reaches_the_replay_and_the_update(tmp_path):
+    """With `raft.weight = "inverse_probability"` the stored rows carry 1 / pi_old and the run
+    reports the kept samples' mean weight, which is >= 1 and <= the cap."""
+    task = get_task("arithmetic")
+    base = [kv for kv in TINY if not kv.startswith("algo.estimator")]
+    cfg = build_config(task.defaults(), {}, [*base, "algo.raft.min_reward=0.0", "algo.raft.coef=1.0",
+                                             "algo.raft.replay=4", 'algo.raft.weight="inverse_probability"',
+                                             "algo.raft.max_weight=50"], {"steps": 2})
+    tr = Trainer(cfg, task, tmp_path / "run")
+    tr.train()
+    rows = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if r["phase"] == "train"]
+    assert all(1.0 <= r["kept_weight_mean"] <= 50.0 and r["raft_nll"] > 0 for r in rows)
+    weights = [row[2] for row in tr.replay.items]
+    assert len(weights) == 32 and all(1.0 <= x <= 50.0 for x in weights) and len(set(weights)) > 1
 
 
 def test_raft_trains_only_on_kept_samples(tmp_path, monkeypatch):
