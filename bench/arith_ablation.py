@@ -179,6 +179,7 @@ def markdown(rows: list[dict], title: str, args, load: str = "not recorded") -> 
              f"{', '.join(map(str, args.seeds))}; extra settings: {' '.join(args.set) or 'none'}; "
              f"1-minute load average {load}. Reproduce: `python bench/arith_ablation.py --task {args.task} "
              f"--suite {args.suite} --seeds {' '.join(map(str, args.seeds))}"
+             f"{' --only ' + ' '.join(repr(v) for v in args.only) if args.only else ''}"
              f"{f' --samples {args.samples}' if args.samples else ''}"
              f"{' --shared-warm-start' if args.shared_warm_start else ''}` "
              f"({'one warm start per seed shared by the variants' if args.shared_warm_start else 'own warm start per run'}).", "",
@@ -198,6 +199,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--suite", default="ablation", choices=sorted(SUITES) + ["all"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--only", nargs="+", default=None, metavar="VARIANT",
+                   help="run only these variants of the suite (their names as in the table)")
     p.add_argument("--samples", type=int, default=None,
                    help="sampled answers per run (RL budget; default: the task's default budget)")
     p.add_argument("--task", default="arithmetic", choices=["arithmetic", "arithmetic-chain"])
@@ -215,8 +218,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     suites = SUITES if args.suite == "all" else {args.suite: SUITES[args.suite]}
     variants = {k: v for s in suites.values() for k, v in s.items()}
+    if args.only:
+        unknown = [v for v in args.only if v not in variants]
+        if unknown:
+            p.error(f"unknown variant(s) {unknown}; the suite has {sorted(variants)}")
+        variants = {k: v for k, v in variants.items() if k in args.only}
     out_root = ROOT / args.out
-    jobs = [(n, o, s) for n, o in variants.items() for s in args.seeds]
+    jobs = [(n, o, s) for s in args.seeds for n, o in variants.items()]  # seed by seed: a cut-short run has whole seeds
     if args.shared_warm_start:
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda s: warm_start(s, args, out_root), args.seeds))
