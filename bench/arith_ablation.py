@@ -30,7 +30,8 @@ import benchdoc  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 # Each variant: overrides on top of the task defaults (the `progrl train arithmetic` default:
-# 2x128 GPT-2, warm start on 256 examples, PPO 4 epochs, lr 3e-4, batch entropy 0.1, reward scale 1).
+# 2x128 GPT-2, warm start on 256 examples, PPO 2 epochs + RAFT term with replay, lr 1e-3, token
+# entropy 0.1, reward scale 1: progrl/tasks/arithmetic.py).
 NO_BONUS = {"algo.entropy_coef": 0.0, "algo.batch_entropy_coef": 0.0}
 GROUP8 = {"rollout.num_generations": 8, "rollout.batch_size": 16}
 SUITES: dict[str, dict[str, dict]] = {
