@@ -21,7 +21,10 @@ from progrl.tracking import read_jsonl
 # one torch thread: as fast as two for this small model, and immune to oversubscribed cores
 QUIET = ["--set", "log.progress=false", "--set", "log.tensorboard=false", "--set", "log.plot=false",
          "--set", "log.checkpoint_every=0", "--set", "threads=1"]
-STEPS = {"arithmetic": 12, "arithmetic-chain": 12}
+# The one-token default (lr 1e-3) dips for its first ~20 steps (held-out reward 0.738 -> 0.637 at
+# step 12, measured) and is above its start well before step 100 in every measured run, so it is
+# judged after 100 steps (~50 s); the chain's old default was already noise by step 12.
+STEPS = {"arithmetic": 100, "arithmetic-chain": 12}
 
 
 @pytest.fixture(scope="module")
