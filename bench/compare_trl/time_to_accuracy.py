@@ -221,7 +221,10 @@ def run_all(args, out: Path, argv) -> dict:
     for kv in args.progrl_set:
         progrl_over = apply_override(progrl_over, kv)
     task_options = {**task.defaults().get("task_options", {}), **progrl_over.get("task_options", {})}
+    # every side trains on the same reward shaping: the progrl side builds its task from these options too
+    # (until 2026-12-01 it did not, and trained at the task class's scale 10 while TRL got the default's 1)
     base = {"model_dir": str(model_dir), "seed": args.seed, "threads": args.threads, "banned_tokens": matched.BANNED,
+            "task_options": task_options,
             "time_budget_s": budget, "snapshot_every_s": args.snapshot_every}
     max_rate = 1500  # samples/s no side reaches on this CPU: enough prompts for the whole budget
     specs = []

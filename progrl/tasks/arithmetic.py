@@ -89,7 +89,9 @@ class ArithmeticTask(Task):
         RAFT's imitation term on the policy's own exact answers, this step's and 128 replayed from
         earlier steps (progrl/expert_iteration.py), at lr 1e-3 (constant: a cosine decay, lr 2e-3,
         more or fewer optimiser steps per sample all learned slower), with the token-entropy bonus
-        0.1 (at this budget it beat batch entropy 0.1, both together and no bonus: docs/results.md).
+        0.1 (at this budget it beat batch entropy 0.1, both together and no bonus: docs/results.md)
+        and the paper's own reward scale 10: with token entropy and the RAFT term it learns much
+        faster than the sharper scale 1 (98% held-out after 749 steps against ~80%).
         The paper's own setup is configs/arithmetic-paper.toml."""
         return {
             "steps": DEFAULT_STEPS,
@@ -101,7 +103,7 @@ class ArithmeticTask(Task):
                      "raft": {"coef": 1.0, "replay": 128, "min_reward": 1.0}},
             "reward": {"backend": "inline"},
             "eval": {"every": 100},
-            "task_options": {"reward_scale": 1.0},
+            "task_options": {"reward_scale": PAPER_SCALE},
         }
 
     def build_tokenizer(self):
