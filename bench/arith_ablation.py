@@ -8,8 +8,9 @@ collapsed (one answer for every held-out prompt).
     python bench/arith_ablation.py --suite ablation --seeds 0 1 2 --jobs 2
     python bench/arith_ablation.py --suite sweep --device cuda --jobs 12 --markdown docs/results.md
 
-Every variant of a suite uses the same RL budget (``--samples``, default the paper's
-131,072 sampled answers) and the same warm start, so rows are comparable.
+Every variant of a suite uses the same RL budget (``--samples``, default the task's default job:
+98,304 sampled answers for ``arithmetic``; the paper's is 131,072) and the same warm start, so rows
+are comparable.
 """
 
 from __future__ import annotations
