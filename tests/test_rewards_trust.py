@@ -291,27 +291,20 @@ def test_ctrl_c_in_score_with_workers_exits_130_and_leaves_no_process(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"prompt": "p", "completion": "c", "fault": "sleep"}\n' * 4)
     before = set(descendants())
+    # started as a terminal starts it: with SIGINT's default action. Under a non-interactive shell's
+    # background job (`cmd &`, e.g. a CI script run with nohup) SIGINT is inherited as ignored, and
+    # Python then installs no KeyboardInterrupt handler at all, so nothing could interrupt it.
     proc = subprocess.Popen([sys.executable, "-m", "progrl", "score", "--reward", f"{FAULTS}:faulty", "--data",
                              str(data), "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=ENV, cwd=tmp_path)
+                            text=True, env=ENV, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 30
     while not [cmd for cmd in descendants().values() if "progrl.rewards.worker" in cmd]:
         assert time.monotonic() < deadline, "no worker started"
         time.sleep(0.05)
     time.sleep(0.5)  # the workers are in the sleeping reward now
-    # On a loaded single core the first SIGINT was twice lost while workers were still starting
-    # (a known race, docs/rewards.md); a user presses Ctrl-C again, and so does the test. The reward
-    # sleeps forever, so without an interrupt the process would not end within these waits.
-    for _ in range(3):
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, err = proc.communicate(timeout=30)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    else:
-        proc.kill()
-        out, err = proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "progrl score: interrupted after 0 of 4 records" in err and "--resume" not in err
     assert "Traceback" not in err

@@ -292,7 +292,7 @@ def test_the_trainer_itself_refuses_a_directory_that_holds_a_run(copy_of):
     (["--set", "algo.lr=0.5"], "algo.lr"),
     (["--seed", "7"], "seed"),
     (["--model", "smollm2-135m"], "model.name"),
-    (["--set", "task_options.reward_scale=10.0"], "task_options.reward_scale"),
+    (["--set", "task_options.reward_scale=3.0"], "task_options.reward_scale"),  # the default is 10
     (["--set", "rollout.batch_size=8", "--set", "algo.epochs=1"], "rollout.batch_size"),
 ])
 def test_resume_refuses_changes_that_would_make_another_run(finished, capsys, argv, field):
