@@ -17,10 +17,9 @@ over the kept responses only (discarded samples cost no update work), each minim
 from __future__ import annotations
 
 from collections import deque
-
-import torch
 from typing import Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 

@@ -453,7 +453,7 @@ class Trainer:
             replayed = self.imitation_batch(old) if old else None
 
         # 5. update: epochs x minibatches, reusing the rollout's log-probs and values as "old"
-        stats = self.update(batch, batch_mask, advantages, returns, ref_logprobs, beta, step, keep=weights,
+        stats = self.update(batch, batch_mask, advantages, returns, ref_logprobs, beta, step, imitation_weights=weights,
                             replayed=replayed)
         timings["time_update"] = time.time() - t0
         if keep is not None:
@@ -528,12 +528,13 @@ class Trainer:
         return batch, r_mask.float() * expert_iteration.row_weights(rows).to(self.device).unsqueeze(-1)
 
     def update(self, rollout: Rollout, mask, advantages, returns, ref_logprobs, beta: float, step: int,
-               keep: torch.Tensor | None = None, replayed: tuple[Rollout, torch.Tensor] | None = None) -> dict:
+               imitation_weights: torch.Tensor | None = None,
+               replayed: tuple[Rollout, torch.Tensor] | None = None) -> dict:
         """Epochs x minibatches over the whole batch; this process trains on its share of each
         minibatch, with every average taken over the whole minibatch (progrl.reductions).
 
         RAFT (one process only, see check_split): estimator "raft" trains on the kept rows alone
-        (``advantages`` hold each kept row's imitation weight); ``keep`` (the samples' imitation
+        (``advantages`` hold each kept row's imitation weight); ``imitation_weights`` (the samples'
         weights, 0 = not kept) with ``algo.raft.coef`` adds the weighted likelihood of the kept
         samples (and of ``replayed`` ones of earlier steps: their rollout and weighted mask) to
         the estimator's loss."""
@@ -578,8 +579,8 @@ class Trainer:
                                                         counts=counts)
                     loss = pg_loss
                     shares = {"pg_loss": pg_loss, **pg_stats}
-                    if keep is not None and not raft and a.raft.coef:  # RAFT's imitation term beside the estimator's
-                        lps, ms = [logprobs], [m * keep[mine].to(m.dtype).unsqueeze(-1)]
+                    if imitation_weights is not None and not raft and a.raft.coef:  # RAFT's imitation term beside the estimator's
+                        lps, ms = [logprobs], [m * imitation_weights[mine].to(m.dtype).unsqueeze(-1)]
                         if replayed is not None and k < len(replay_chunks):  # kept samples of earlier steps
                             ridx = replay_chunks[k]
                             old_batch, old_mask = replayed
