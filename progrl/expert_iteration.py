@@ -48,6 +48,10 @@ class RAFTConfig(BaseModel):
     # the expected update from the gradient of the success rate into that of its logarithm)
     weight: Literal["uniform", "inverse_probability"] = "uniform"
     max_weight: float = Field(10.0, ge=1.0)  # cap of the inverse-probability weight
+    # also imitate the verified start of samples that are not kept: the steps of a failed sample
+    # that the task's checker accepts (Task.verified_prefix; process-level rejection sampling, one
+    # token weight per verified token). Tasks without steps ignore it.
+    prefixes: bool = False
 
 
 def select(scores: torch.Tensor, group_size: int = 1, min_reward: float | None = None,
@@ -89,6 +93,25 @@ def importance_weights(logprobs: torch.Tensor, mask: torch.Tensor, max_weight: f
     return torch.exp(-seq).clamp(min=1.0, max=max_weight)
 
 
+def prefix_token_count(tokenizer, ids: list[int], prefix: str) -> int:
+    """How many of the response tokens ``ids`` spell ``prefix``: the largest ``k`` whose decoded text
+    (special tokens skipped, as completions are decoded) is exactly ``prefix``; 0 when none is.
+    A special token right after the prefix (the end of the sequence) is counted with it."""
+    best = 0
+    for k in range(1, len(ids) + 1):
+        text = tokenizer.decode(ids[:k], skip_special_tokens=True)
+        if text == prefix:
+            best = k
+        elif len(text) > len(prefix) or not prefix.startswith(text):
+            break
+    return best
+
+
+def prefix_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """``(B, width)`` float mask of each row's first ``lengths[i]`` positions."""
+    return (torch.arange(width, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(-1)).float()
+
+
 def raft_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Negative log-likelihood of the kept responses: ``-mean over their tokens of log pi(a_t|s_t)``.
 
@@ -107,11 +130,14 @@ def raft_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
 
 
 def kept_rows(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
-              response_mask: torch.Tensor, keep: torch.Tensor, weights: torch.Tensor | None = None) -> list[tuple]:
+              response_mask: torch.Tensor, keep: torch.Tensor, weights: torch.Tensor | None = None,
+              lengths: torch.Tensor | None = None) -> list[tuple]:
     """The rows ``keep`` (bool ``(B,)``) of a left-padded prompt / right-padded response batch, unpadded:
-    ``(prompt, response)`` token lists, or ``(prompt, response, weight)`` when ``weights`` ``(B,)`` are given."""
+    ``(prompt, response)`` token lists, or ``(prompt, response, weight)`` when ``weights`` ``(B,)`` are given.
+    With ``lengths`` ``(B,)`` a response keeps only its first ``lengths[i]`` tokens (a verified prefix)."""
     idx = torch.nonzero(keep).squeeze(-1).tolist()
-    rows = [(prompt_ids[i][prompt_mask[i].bool()].tolist(), response_ids[i][response_mask[i].bool()].tolist())
+    rows = [(prompt_ids[i][prompt_mask[i].bool()].tolist(),
+             response_ids[i][response_mask[i].bool()].tolist()[:None if lengths is None else int(lengths[i])])
             for i in idx]
     if weights is None:
         return rows

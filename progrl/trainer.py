@@ -426,15 +426,22 @@ class Trainer:
         rewards = token_rewards(scores, mask, kl if in_reward else None, beta)
 
         # 4. advantages (RAFT: which samples to imitate)
-        keep, weights, batch, batch_mask = None, None, rollout, mask
+        keep, weights, tokens, lengths, batch, batch_mask = None, None, None, None, rollout, mask
         if a.estimator == "raft" or a.raft.coef:
             keep = expert_iteration.select(raw, G, a.raft.min_reward, a.raft.top_k)
-            weights = keep.float()  # how much each sample counts in the imitation (0: not kept)
+            lengths = rollout.response_mask.sum(-1) * keep  # imitated tokens of each sample (0: none)
+            if a.raft.prefixes:  # and the verified steps of the samples not kept whole
+                verified = self.verified_prefix_lengths(records, completions, rollout)
+                if verified is not None:
+                    lengths = torch.where(keep | dropped, lengths, verified.to(lengths.device))
+            tokens = expert_iteration.prefix_mask(lengths, mask.shape[1]) * mask  # (B, T) imitated tokens
+            weights = (lengths > 0).float()  # how much each sample counts in the imitation (0: not imitated)
             if a.raft.weight == "inverse_probability":
-                weights = weights * expert_iteration.importance_weights(rollout.logprobs, mask, a.raft.max_weight)
+                weights = weights * expert_iteration.importance_weights(rollout.logprobs, tokens, a.raft.max_weight)
+            tokens = tokens * weights.unsqueeze(-1)
         if a.estimator == "raft":
             if a.raft.replay:  # train on this step's kept samples and on kept samples of earlier steps
-                rows, old = self.replay_step(rollout, keep, step, weights)
+                rows, old = self.replay_step(rollout, lengths, step, weights)
                 batch, batch_mask = self.imitation_batch(rows + old)
                 if self.reference is not None:
                     with torch.no_grad():
@@ -442,22 +449,24 @@ class Trainer:
                                                         batch.prompt_ids.shape[1], r.temperature)[1]
                 advantages, returns = batch_mask, None
             else:
-                advantages, returns = weights.unsqueeze(-1) * mask, None
+                advantages, returns = tokens, None
         else:
             advantages, returns = compute_advantages(a.estimator, rewards, mask, rollout.values, group_size=G,
                                                      gamma=a.gamma, lam=a.lam, whiten=a.whiten_advantages,
                                                      valid=~dropped)
         replayed = None
         if a.estimator != "raft" and a.raft.coef and a.raft.replay:  # the imitation term's earlier samples
-            old = self.replay_step(rollout, keep, step, weights)[1]
+            old = self.replay_step(rollout, lengths, step, weights)[1]
             replayed = self.imitation_batch(old) if old else None
 
         # 5. update: epochs x minibatches, reusing the rollout's log-probs and values as "old"
-        stats = self.update(batch, batch_mask, advantages, returns, ref_logprobs, beta, step, imitation_weights=weights,
+        stats = self.update(batch, batch_mask, advantages, returns, ref_logprobs, beta, step, imitation_weights=tokens,
                             replayed=replayed)
         timings["time_update"] = time.time() - t0
         if keep is not None:
             stats["kept_fraction"] = float(keep.float().mean())
+            if a.raft.prefixes:
+                stats["imitated_token_fraction"] = float(tokens.gt(0).sum() / mask.sum().clamp(min=1))
             if a.raft.weight != "uniform" and keep.any():
                 stats["kept_weight_mean"] = float(weights[keep].mean())
 
@@ -502,16 +511,31 @@ class Trainer:
                  for i in range(0, n_samples, max(1, n_samples // max(n_show, 1)))][:n_show] if n_show else []
         return metrics, shown
 
-    def replay_step(self, rollout: Rollout, keep: torch.Tensor, step: int,
+    def verified_prefix_lengths(self, records: list[dict], completions: list[str], rollout: Rollout) -> torch.Tensor | None:
+        """``(B,)`` response tokens of each sample that the task's checker verifies
+        (:meth:`Task.verified_prefix`), or None when the task has no steps."""
+        ids = rollout.response_ids.masked_fill(rollout.response_mask == 0, self.sampling.pad_id)
+        out = []
+        for i, (record, text) in enumerate(zip(records, completions)):
+            prefix = self.task.verified_prefix(record, text)
+            if prefix is None:
+                return None
+            n = int(rollout.response_mask[i].sum())
+            out.append(expert_iteration.prefix_token_count(self.tokenizer, ids[i, :n].tolist(), prefix) if prefix else 0)
+        return torch.tensor(out, dtype=torch.long)
+
+    def replay_step(self, rollout: Rollout, lengths: torch.Tensor, step: int,
                     weights: torch.Tensor | None = None) -> tuple[list, list]:
-        """RAFT's replay for this step: ``(this step's kept rows, rows drawn from earlier steps)``;
-        the draw comes first, then this step's kept rows join the buffer (with their imitation
-        weights when ``algo.raft.weight`` is not uniform)."""
+        """RAFT's replay for this step: ``(this step's imitated rows, rows drawn from earlier steps)``;
+        the draw comes first, then this step's rows (each sample's first ``lengths`` tokens, those
+        with none left out) join the buffer (with their imitation weights when ``algo.raft.weight``
+        is not uniform)."""
         old = self.replay.draw(self.cfg.algo.raft.replay, step_generator(self.cfg.seed, step, torch.device("cpu"),
                                                                           salt=2))
         weighted = self.cfg.algo.raft.weight != "uniform"
         rows = expert_iteration.kept_rows(rollout.prompt_ids, rollout.prompt_mask, rollout.response_ids,
-                                          rollout.response_mask, keep, weights if weighted else None)
+                                          rollout.response_mask, lengths > 0, weights if weighted else None,
+                                          lengths=lengths)
         self.replay.add(rows)
         return rows, old
 
@@ -534,8 +558,8 @@ class Trainer:
         minibatch, with every average taken over the whole minibatch (progrl.reductions).
 
         RAFT (one process only, see check_split): estimator "raft" trains on the kept rows alone
-        (``advantages`` hold each kept row's imitation weight); ``imitation_weights`` (the samples'
-        weights, 0 = not kept) with ``algo.raft.coef`` adds the weighted likelihood of the kept
+        (``advantages`` hold each kept row's imitation weight); ``imitation_weights`` (``(B, T)``: each
+        token's weight, 0 = not imitated) with ``algo.raft.coef`` adds the weighted likelihood of the kept
         samples (and of ``replayed`` ones of earlier steps: their rollout and weighted mask) to
         the estimator's loss."""
         a, dist = self.cfg.algo, self.dist
@@ -580,7 +604,7 @@ class Trainer:
                     loss = pg_loss
                     shares = {"pg_loss": pg_loss, **pg_stats}
                     if imitation_weights is not None and not raft and a.raft.coef:  # RAFT's imitation term beside the estimator's
-                        lps, ms = [logprobs], [m * imitation_weights[mine].to(m.dtype).unsqueeze(-1)]
+                        lps, ms = [logprobs], [m * imitation_weights[mine].to(m.dtype)]
                         if replayed is not None and k < len(replay_chunks):  # kept samples of earlier steps
                             ridx = replay_chunks[k]
                             old_batch, old_mask = replayed

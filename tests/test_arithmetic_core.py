@@ -29,6 +29,7 @@ from progrl.tasks.arithmetic_core import (
     safe_eval,
     sample_expressions,
     sft_text,
+    verified_chain_prefix,
     worked_chain,
 )
 
@@ -421,3 +422,32 @@ def test_data_helpers_score_perfectly():
         q, c = chain_example(expr)
         assert arithmetic_reward([p, q], [a, c]) == [1.0, 1.0]
         assert exact_answer(p, a) and exact_answer(q, c)
+
+
+@pytest.mark.parametrize("completion, prefix", [
+    ("2+12=14", "2+12=14"),          # every step right: the whole completion
+    ("2+12=14<eos>", "2+12=14"),     # the end of the sequence is not text
+    ("2 + 12 = 14", "2+12=14"),      # whitespace is ignored, as by the checker
+    ("2+12=15", "2+12="),            # the last step wrong: the steps before it
+    ("2+12=14=1", "2+12="),          # a number after the final one: not well formed
+    ("2+12=", "2+12="),              # unfinished but right so far
+    ("2+12", ""),                    # no '=' after the step: nothing verified
+    ("3*4=14", ""),                  # wrong value at step 1
+    ("14", ""),                      # skips a step (two operators to none)
+    ("2*12=14", ""),                 # right operator count, wrong value
+    ("5+9=14", "5+9=14"),            # another pair with the right value: the checker accepts it
+    ("2+12=1x", "2+12="),            # a malformed step
+    ("", ""),
+])
+def test_verified_chain_prefix(completion, prefix):
+    assert verified_chain_prefix("<bos>2+3*4=", completion) == prefix
+    # consistent with the checker: a whole verified completion has error 0
+    if prefix and not prefix.endswith("="):
+        assert chain_error("2+3*4=" + prefix) == 0.0
+
+
+def test_verified_chain_prefix_never_raises_on_bad_prompts():
+    assert verified_chain_prefix("no equals sign", "1") == ""
+    assert verified_chain_prefix("<bos>1+(2=", "3") == ""
+    assert verified_chain_prefix(None, None) == ""
+    assert verified_chain_prefix("<bos>1+2+3=", "3+3=6") == "3+3=6"

@@ -221,3 +221,64 @@ def test_raft_and_retry_are_refused_with_several_processes(override, field):
     check_split(cfg, 1)  # one process: fine
     with pytest.raises(ConfigError, match=f"^config error: {field}: .*one process"):
         check_split(cfg, 2)
+
+
+def test_prefix_token_count_and_truncated_rows():
+    """Token counts of verified text prefixes (the arithmetic tokenizer, worked by hand) and rows
+    cut to them for the replay buffer."""
+    from progrl.tasks import arithmetic_core as core
+
+    tok = core.build_tokenizer()
+    ids = tok("2+12=15<eos>", add_special_tokens=False)["input_ids"]  # 2 + 12 = 15 <eos>
+    assert len(ids) == 6
+    assert ei.prefix_token_count(tok, ids, "2+12=") == 4
+    assert ei.prefix_token_count(tok, ids, "") == 0
+    assert ei.prefix_token_count(tok, ids, "2+12=15") == 6  # the end of the sequence comes with it
+    assert ei.prefix_token_count(tok, ids, "2+1") == 0  # "1" is not a token of "12"
+    assert ei.prefix_mask(torch.tensor([0, 2, 3]), 3).tolist() == [[0, 0, 0], [1, 1, 0], [1, 1, 1]]
+    rows = ei.kept_rows(torch.tensor([[5], [6]]), torch.ones(2, 1), torch.tensor([[1, 2, 3], [4, 5, 0]]),
+                        torch.tensor([[1, 1, 1], [1, 1, 0]]), torch.tensor([True, True]),
+                        lengths=torch.tensor([2, 2]))
+    assert rows == [([5], [1, 2]), ([6], [4, 5])]
+
+
+def test_verified_prefixes_reach_the_imitation_term_and_the_replay(tmp_path, monkeypatch):
+    """`raft.prefixes` on the whole-chain task: every failed sample's imitated tokens are exactly the
+    tokens of the steps the checker verifies; whole successes keep every token; the replay holds
+    the cut rows."""
+    from progrl.tasks import arithmetic_core as core
+
+    task = get_task("arithmetic-chain")
+    base = [kv for kv in TINY if not kv.startswith(("algo.estimator", "algo.raft", "model.", "sft."))]
+    # the task's own model and a short warm start: it writes some right steps and some wrong ones
+    cfg = build_config(task.defaults(), {}, [*base, "algo.raft.coef=1.0", "algo.raft.replay=4",
+                                             "algo.raft.prefixes=true", "sft.examples=256", "sft.epochs=20",
+                                             "rollout.batch_size=16", "rollout.temperature=1.5"],
+                       {"steps": 1})
+    tr = Trainer(cfg, task, tmp_path / "run")
+    tr.warm_start()
+    seen = {}
+    orig = tr.update
+
+    def spy(rollout, mask, advantages, returns, ref, beta, step, imitation_weights=None, replayed=None):
+        seen.update(rollout=rollout, weights=imitation_weights.clone())
+        return orig(rollout, mask, advantages, returns, ref, beta, step, imitation_weights=imitation_weights,
+                    replayed=replayed)
+
+    monkeypatch.setattr(tr, "update", spy)
+    metrics, _ = tr.rl_step(1)
+    rollout, weights = seen["rollout"], seen["weights"]
+    completions = tr.decode(rollout)
+    prompts = [r[r.index(core.BOS):] for r in tr.tokenizer.batch_decode(rollout.prompt_ids.tolist())]
+    n_partial = 0
+    for i, (prompt, text) in enumerate(zip(prompts, completions)):
+        prefix = core.verified_chain_prefix(prompt, text)
+        imitated = rollout.response_ids[i][weights[i] > 0].tolist()
+        assert tr.tokenizer.decode(imitated, skip_special_tokens=True) == prefix
+        assert weights[i][weights[i] > 0].eq(1.0).all()
+        n_partial += bool(prefix) and core.chain_error(prompt.replace(core.BOS, "") + text) > 0
+    assert n_partial > 0, "the test needs failed samples with verified steps"
+    assert metrics["imitated_token_fraction"] > 0
+    assert len(tr.replay) == int((weights.sum(-1) > 0).sum())
+    lengths = sorted(len(row[1]) for row in tr.replay.items)
+    assert lengths == sorted(int(x) for x in (weights > 0).sum(-1) if x > 0)

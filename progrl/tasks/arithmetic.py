@@ -140,6 +140,7 @@ class ArithmeticTask(Task):
 class ArithmeticChainTask(ArithmeticTask):
     name = "arithmetic-chain"
     summary = "write the whole worked chain after 'expr='; the paper's full step-checking reward"
+    headline_metrics = ("chain_exact", "accuracy", "mean_reward")
 
     def defaults(self) -> dict:
         """The whole-chain job: the one-token task's model and warm start, then critic-free RLOO
@@ -160,6 +161,18 @@ class ArithmeticChainTask(ArithmeticTask):
                      "raft": {"coef": 1.0, "replay": 128, "min_reward": 1.0}}
         d["task_options"] = {"reward_scale": PAPER_SCALE}
         return d
+
+    def metrics(self, records, completions, rewards) -> dict[str, float]:
+        """The one-token metrics plus ``chain_exact``: the share of chains with every step right
+        (the paper's chain error is 0), the whole-chain task's goal; ``accuracy`` checks only
+        that the chain is well formed and its final number right."""
+        exact = [core.exact_chain(r["prompt"], c) for r, c in zip(records, completions)]
+        return {**super().metrics(records, completions, rewards), "chain_exact": sum(exact) / max(len(exact), 1)}
+
+    def verified_prefix(self, record: Record, completion: str) -> str:
+        """The completion's steps up to the first one the paper's checker would charge an error
+        (progrl.tasks.arithmetic_core.verified_chain_prefix)."""
+        return core.verified_chain_prefix(record["prompt"], completion)
 
     def example(self, expr: str) -> Record:
         prompt, completion = core.chain_example(expr)

@@ -45,6 +45,8 @@ __all__ = [
     "reward_from_error",
     "arithmetic_reward",
     "exact_answer",
+    "exact_chain",
+    "verified_chain_prefix",
     "build_tokenizer",
     "one_token_example",
     "chain_example",
@@ -451,6 +453,55 @@ def exact_answer(prompt: str, completion: str) -> bool:
     except Exception:  # pragma: no cover - defensive
         return False
     return values is not None and values[-1] == values[0]
+
+
+def exact_chain(prompt: str, completion: str) -> bool:
+    """True when ``prompt + completion`` is a chain with every step right (chain error 0). Never raises."""
+    try:
+        return chain_error(_full_chain(prompt, completion)) == 0.0
+    except Exception:  # pragma: no cover - defensive
+        return False
+
+
+def verified_chain_prefix(prompt: Any, completion: Any) -> str:
+    """The longest start of ``completion`` whose every step the paper's checker accepts.
+
+    The prompt ends with ``"e0="``; the completion states ``"e1=e2=...=ek"``. Step ``e_i`` is
+    accepted when it parses (:func:`safe_eval`), has exactly one operator fewer than the step
+    before it and has the value of ``e0`` -- a zero term in :func:`chain_error`. The returned
+    prefix is the completion's text up to and including the ``'='`` after the last accepted
+    step (``""`` when the first stated step is wrong), or the whole completion (as cut by
+    :func:`_full_chain`, without special tokens) when every step through the final single
+    number is accepted, i.e. when :func:`chain_error` is 0. Never raises.
+
+    >>> verified_chain_prefix("<bos>2+3*4=", "2+12=15")
+    '2+12='
+    """
+    try:
+        p = _WS.sub("", _full_chain(prompt, ""))
+        c = _WS.sub("", _full_chain("", completion))
+        if not p.endswith("="):
+            return ""
+        first = p.split("=")[-2]
+        target, prev_ops = safe_eval(first), _n_ops(first)
+    except Exception:
+        return ""
+    done = 0  # characters of c verified so far
+    while True:
+        cut = c.find("=", done)
+        step = c[done:] if cut < 0 else c[done:cut]
+        n_ops = _n_ops(step)
+        try:
+            ok = bool(step) and n_ops == prev_ops - 1 and safe_eval(step) == target
+        except ValueError:
+            ok = False
+        if not ok:
+            return c[:done]
+        if cut < 0:  # the last stated step: verified only as the final single number
+            return c if n_ops == 0 else c[:done]
+        if n_ops == 0:  # a final number followed by more steps: the chain is not well formed
+            return c[:done]
+        done, prev_ops = cut + 1, n_ops
 
 
 # ---------------------------------------------------------------------------

@@ -85,6 +85,15 @@ class Task:
         """The task's programmed reward(s), run through the reward engine."""
         raise NotImplementedError
 
+    def verified_prefix(self, record: Record, completion: str) -> str | None:
+        """The start of ``completion`` whose steps the task's checker verifies as correct (a
+        process-level verdict of the programmed reward), or None when the task has no steps.
+
+        Used by ``algo.raft.prefixes``: the policy also imitates the verified steps of samples
+        that fail as a whole. It runs in the trainer's process, like :meth:`metrics`: task code
+        is trusted, reward functions are not. The default: no steps."""
+        return None
+
     def metrics(self, records: list[Record], completions: list[str], rewards: list[float | None]) -> dict[str, float]:
         """Task metrics of a set of (greedy) completions, e.g. exact-match accuracy."""
         return {}
