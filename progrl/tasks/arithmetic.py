@@ -38,6 +38,14 @@ class ArithmeticOptions(BaseModel):
     curriculum_steps: int = Field(0, ge=0)  # RL steps over which the limit rises to max_chars
 
 
+class ArithmeticChainOptions(ArithmeticOptions):
+    # the share of TRAINING prompts that already show the first 1..n-1 steps of the worked chain
+    # (how many: uniform), so the policy writes only the rest -- a start-state ("reverse")
+    # curriculum: later steps are practised from right inputs, as in the one-token task's
+    # prompts, not only after the policy's own first steps. Held-out prompts never do.
+    given_steps: float = Field(0.0, ge=0.0, le=1.0)
+
+
 PAPER_SCALE = 10.0
 DEFAULT_STEPS = 768  # x 128 = 98,304 sampled answers, within the paper's RL budget of 131,072 (95% held-out by step ~600)
 CHAIN_DEFAULT_STEPS = 600  # arithmetic-chain: the measured length of its default setting (docs/results.md)
@@ -141,6 +149,9 @@ class ArithmeticChainTask(ArithmeticTask):
     name = "arithmetic-chain"
     summary = "write the whole worked chain after 'expr='; the paper's full step-checking reward"
     headline_metrics = ("chain_exact", "accuracy", "mean_reward")
+    Options = ArithmeticChainOptions
+
+    options: ArithmeticChainOptions
 
     def defaults(self) -> dict:
         """The whole-chain job: the one-token task's model and warm start, then critic-free RLOO
@@ -173,6 +184,18 @@ class ArithmeticChainTask(ArithmeticTask):
         """The completion's steps up to the first one the paper's checker would charge an error
         (progrl.tasks.arithmetic_core.verified_chain_prefix)."""
         return core.verified_chain_prefix(record["prompt"], completion)
+
+    def train_records(self, n: int, seed: int, step: int) -> list[Record]:
+        records = super().train_records(n, seed, step)
+        if not self.options.given_steps:
+            return records
+        rng = random.Random(f"{self.name}-given-{seed}-{step}")
+        for rec in records:
+            if rng.random() < self.options.given_steps:
+                steps = core.worked_chain(rec["prompt"].replace(core.BOS, "")[:-1])
+                if len(steps) > 2:
+                    rec["prompt"] = core.BOS + "=".join(steps[:rng.randint(2, len(steps) - 1)]) + "="
+        return records
 
     def example(self, expr: str) -> Record:
         prompt, completion = core.chain_example(expr)
