@@ -94,17 +94,20 @@ def importance_weights(logprobs: torch.Tensor, mask: torch.Tensor, max_weight: f
 
 
 def prefix_token_count(tokenizer, ids: list[int], prefix: str) -> int:
-    """How many of the response tokens ``ids`` spell ``prefix``: the largest ``k`` whose decoded text
+    """How many of the response tokens ``ids`` spell ``prefix``: the smallest ``k`` whose decoded text
     (special tokens skipped, as completions are decoded) is exactly ``prefix``; 0 when none is.
-    A special token right after the prefix (the end of the sequence) is counted with it."""
-    best = 0
+    A special token right after the prefix (the end of the sequence) is NOT counted: a verified
+    start says nothing about stopping there (imitating "step=<eos>" taught a policy to stop
+    after a right step; the end of the sequence is imitated only with samples kept whole)."""
+    if not prefix:
+        return 0
     for k in range(1, len(ids) + 1):
         text = tokenizer.decode(ids[:k], skip_special_tokens=True)
         if text == prefix:
-            best = k
-        elif len(text) > len(prefix) or not prefix.startswith(text):
+            return k
+        if len(text) > len(prefix) or not prefix.startswith(text):
             break
-    return best
+    return 0
 
 
 def prefix_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:

@@ -233,7 +233,9 @@ def test_prefix_token_count_and_truncated_rows():
     assert len(ids) == 6
     assert ei.prefix_token_count(tok, ids, "2+12=") == 4
     assert ei.prefix_token_count(tok, ids, "") == 0
-    assert ei.prefix_token_count(tok, ids, "2+12=15") == 6  # the end of the sequence comes with it
+    assert ei.prefix_token_count(tok, ids, "2+12=15") == 5  # not the end of the sequence: stopping is not verified
+    stop = tok("2+12=<eos>", add_special_tokens=False)["input_ids"]
+    assert ei.prefix_token_count(tok, stop, "2+12=") == 4  # "step=<eos>" imitates "step=" only
     assert ei.prefix_token_count(tok, ids, "2+1") == 0  # "1" is not a token of "12"
     assert ei.prefix_mask(torch.tensor([0, 2, 3]), 3).tolist() == [[0, 0, 0], [1, 1, 0], [1, 1, 1]]
     rows = ei.kept_rows(torch.tensor([[5], [6]]), torch.ones(2, 1), torch.tensor([[1, 2, 3], [4, 5, 0]]),
