@@ -253,7 +253,7 @@ def test_verified_prefixes_reach_the_imitation_term_and_the_replay(tmp_path, mon
     task = get_task("arithmetic-chain")
     base = [kv for kv in TINY if not kv.startswith(("algo.estimator", "algo.raft", "model.", "sft."))]
     # the task's own model and a short warm start: it writes some right steps and some wrong ones
-    cfg = build_config(task.defaults(), {}, [*base, "algo.raft.coef=1.0", "algo.raft.replay=4",
+    cfg = build_config(task.defaults(), {}, [*base, 'algo.estimator="rloo"', "algo.raft.coef=1.0", "algo.raft.replay=4",
                                              "algo.raft.prefixes=true", "sft.examples=256", "sft.epochs=20",
                                              "rollout.batch_size=16", "rollout.temperature=1.5"],
                        {"steps": 1})
@@ -284,3 +284,33 @@ def test_verified_prefixes_reach_the_imitation_term_and_the_replay(tmp_path, mon
     assert len(tr.replay) == int((weights.sum(-1) > 0).sum())
     lengths = sorted(len(row[1]) for row in tr.replay.items)
     assert lengths == sorted(int(x) for x in (weights > 0).sum(-1) if x > 0)
+
+
+def test_raft_estimator_with_prefixes_trains_on_the_cut_rows(tmp_path, monkeypatch):
+    """The whole-chain default's path (estimator raft, prefixes, replay): the update's batch is
+    exactly the step's imitated rows, each response cut to its verified start (whole when exact)."""
+    from progrl.tasks import arithmetic_core as core
+
+    task = get_task("arithmetic-chain")
+    base = [kv for kv in TINY if not kv.startswith(("algo.estimator", "algo.raft", "model.", "sft."))]
+    cfg = build_config(task.defaults(), {}, [*base, "algo.raft.replay=4", "sft.examples=256", "sft.epochs=20",
+                                             "rollout.batch_size=16", "rollout.temperature=1.5"], {"steps": 1})
+    assert cfg.algo.estimator == "raft" and cfg.algo.raft.prefixes
+    tr = Trainer(cfg, task, tmp_path / "run")
+    tr.warm_start()
+    seen = {}
+    orig = tr.update
+
+    def spy(rollout, mask, advantages, *rest, **kw):
+        seen.update(rollout=rollout, mask=mask.clone())
+        return orig(rollout, mask, advantages, *rest, **kw)
+
+    monkeypatch.setattr(tr, "update", spy)
+    tr.rl_step(1)
+    batch, mask = seen["rollout"], seen["mask"]
+    assert len(tr.replay) == batch.response_ids.shape[0] > 0  # nothing replayed yet at step 1
+    prompts = [r[r.index(core.BOS):] for r in tr.tokenizer.batch_decode(batch.prompt_ids.tolist())]
+    for i, prompt in enumerate(prompts):
+        text = tr.tokenizer.decode(batch.response_ids[i][mask[i] > 0].tolist(), skip_special_tokens=True)
+        assert text and core.verified_chain_prefix(prompt, text) == text
+        assert text.endswith("=") or core.exact_chain(prompt, text)
