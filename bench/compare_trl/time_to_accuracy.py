@@ -161,8 +161,8 @@ def markdown(report: dict) -> str:
                      + " | ".join(at(m) for m in marks) + f" | {100 * best['accuracy']:.1f}% ({best['t']:.0f}) |")
     for f in report.get("failed", []):
         lines.append(f"| {f['label']} | {f['settings']} | failed: {f['error']} |" + " |" * (len(marks) + 2))
-    g = report["goal"]
-    lines += ["", f"Goal: progrl reaches the best accuracy any TRL run reaches ({100 * g['target']:.1f}%, "
+    g = report.get("goal")  # only when both a progrl and a TRL side ran
+    lines += [] if g is None else ["", f"Goal: progrl reaches the best accuracy any TRL run reaches ({100 * g['target']:.1f}%, "
               f"{g['trl_label']}, at {g['t_trl']:.0f} s) in under a third of that time: "
               + (f"progrl reached it at {g['t_progrl']:.0f} s = {g['ratio']:.2f}x the TRL time: "
                  f"{'**met**' if g['met'] else '**not met**'}." if g["t_progrl"] is not None
