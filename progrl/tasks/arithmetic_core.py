@@ -301,6 +301,27 @@ def chain_text(expr: str) -> str:
 # ---------------------------------------------------------------------------
 
 
+def _well_formed_steps(steps: Sequence[str], prev_ops: int | None = None) -> list[tuple[int, int]]:
+    """``(value, operator count)`` of the leading well-formed ``steps``, up to the first that is not.
+
+    A step is well formed when it is non-empty, parses with :func:`safe_eval` and has exactly
+    one operator fewer than the step before it (``prev_ops``: the operator count before the
+    first step; None accepts any count for it). The one rule of what a step is, shared by the
+    paper's checker (:func:`chain_error`) and the step verifier (:func:`verified_chain_prefix`).
+    """
+    out: list[tuple[int, int]] = []
+    for step in steps:
+        n_ops = _n_ops(step)
+        if not step or (prev_ops is not None and n_ops != prev_ops - 1):
+            break
+        try:
+            out.append((safe_eval(step), n_ops))
+        except ValueError:
+            break
+        prev_ops = n_ops
+    return out
+
+
 def _chain_values(text: str) -> list[int] | None:
     """Values of the steps of a chain ``"e0=e1=...=ek"`` or ``None`` if it is invalid.
 
@@ -314,22 +335,10 @@ def _chain_values(text: str) -> list[int] | None:
     if "=" not in text:
         return None
     steps = text.split("=")
-    prev_ops = None
-    values: list[int] = []
-    for step in steps:
-        if not step:
-            return None
-        n_ops = _n_ops(step)
-        if prev_ops is not None and n_ops != prev_ops - 1:
-            return None
-        prev_ops = n_ops
-        try:
-            values.append(safe_eval(step))
-        except ValueError:
-            return None
-    if prev_ops != 0:
+    done = _well_formed_steps(steps)
+    if len(done) != len(steps) or done[-1][1] != 0:
         return None
-    return values
+    return [value for value, _ops in done]
 
 
 def chain_error(text: str, expected: int | None = None, cap: float = DEFAULT_CAP) -> float:
@@ -486,22 +495,15 @@ def verified_chain_prefix(prompt: Any, completion: Any) -> str:
         target, prev_ops = safe_eval(first), _n_ops(first)
     except Exception:
         return ""
-    done = 0  # characters of c verified so far
-    while True:
-        cut = c.find("=", done)
-        step = c[done:] if cut < 0 else c[done:cut]
-        n_ops = _n_ops(step)
-        try:
-            ok = bool(step) and n_ops == prev_ops - 1 and safe_eval(step) == target
-        except ValueError:
-            ok = False
-        if not ok:
-            return c[:done]
-        if cut < 0:  # the last stated step: verified only as the final single number
-            return c if n_ops == 0 else c[:done]
-        if n_ops == 0:  # a final number followed by more steps: the chain is not well formed
-            return c[:done]
-        done, prev_ops = cut + 1, n_ops
+    steps = c.split("=")
+    end = 0  # characters of c verified so far
+    for i, (value, n_ops) in enumerate(_well_formed_steps(steps, prev_ops)):
+        last = i == len(steps) - 1
+        # a right value, and a single number only as the last stated step (the chain ends there)
+        if value != target or (n_ops == 0) != last:
+            break
+        end += len(steps[i]) + (0 if last else 1)
+    return c[:end]
 
 
 # ---------------------------------------------------------------------------
