@@ -431,7 +431,7 @@ class Trainer:
             keep = expert_iteration.select(raw, G, a.raft.min_reward, a.raft.top_k)
             lengths = rollout.response_mask.sum(-1) * keep  # imitated tokens of each sample (0: none)
             if a.raft.prefixes:  # and the verified steps of the samples not kept whole
-                verified = self.verified_prefix_lengths(records, completions, rollout)
+                verified = self.verified_prefix_lengths(records, completions, rollout, skip=keep | dropped)
                 if verified is not None:
                     lengths = torch.where(keep | dropped, lengths, verified.to(lengths.device))
             tokens = expert_iteration.prefix_mask(lengths, mask.shape[1]) * mask  # (B, T) imitated tokens
@@ -511,12 +511,17 @@ class Trainer:
                  for i in range(0, n_samples, max(1, n_samples // max(n_show, 1)))][:n_show] if n_show else []
         return metrics, shown
 
-    def verified_prefix_lengths(self, records: list[dict], completions: list[str], rollout: Rollout) -> torch.Tensor | None:
+    def verified_prefix_lengths(self, records: list[dict], completions: list[str], rollout: Rollout,
+                                skip: torch.Tensor) -> torch.Tensor | None:
         """``(B,)`` response tokens of each sample that the task's checker verifies
-        (:meth:`Task.verified_prefix`), or None when the task has no steps."""
+        (:meth:`Task.verified_prefix`), 0 for the rows ``skip`` (bool ``(B,)``: kept whole or
+        dropped, not asked), or None when the task has no steps."""
         ids = rollout.response_ids.masked_fill(rollout.response_mask == 0, self.sampling.pad_id)
         out = []
         for i, (record, text) in enumerate(zip(records, completions)):
+            if skip[i]:
+                out.append(0)
+                continue
             prefix = self.task.verified_prefix(record, text)
             if prefix is None:
                 return None
