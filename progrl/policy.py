@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
+import inspect
 from contextlib import contextmanager
 
 import torch
@@ -78,6 +80,27 @@ def fuse_activations(model: nn.Module) -> int:
     return swapped
 
 
+def cache_kwargs(lm: nn.Module, past) -> dict:
+    """The keyword that hands a causal LM its key/value cache: ``cache`` in transformers >= 5.2x
+    (``past_key_values`` there is deprecated, to be removed in 5.40), ``past_key_values`` before."""
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm  # a peft wrapper takes **kwargs
+    return {"cache": past} if _takes_cache(type(base)) else {"past_key_values": past}
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_cache(cls: type) -> bool:
+    forward = getattr(cls, "forward", None)
+    return forward is not None and "cache" in inspect.signature(forward).parameters
+
+
+def cache_of(out):
+    """The key/value cache a causal LM returned (``cache`` or, before transformers 5.2x,
+    ``past_key_values``), without touching the deprecated name where the new one exists."""
+    if "cache" in getattr(out, "__dataclass_fields__", {}):
+        return out.cache
+    return getattr(out, "past_key_values", None)
+
+
 def keep_kwargs(logits_to_keep: int) -> dict:
     """The ``logits_to_keep`` keyword for a transformers causal LM, only when it asks for fewer positions."""
     return {"logits_to_keep": logits_to_keep} if logits_to_keep > 0 else {}
@@ -131,13 +154,13 @@ class Policy(nn.Module):
             position_ids = position_ids_from_mask(attention_mask)
         with autocast(input_ids.device.type, self.precision):
             out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          past_key_values=past_key_values, use_cache=use_cache,
+                          use_cache=use_cache, **cache_kwargs(self.lm, past_key_values),
                           output_hidden_states=self.value_head is not None, **keep_kwargs(logits_to_keep))
         logits = last_positions(out.logits, logits_to_keep)
         values = None
         if self.value_head is not None:
             values = self.value_head(last_positions(out.hidden_states[-1], logits_to_keep))
-        return logits, values, getattr(out, "past_key_values", None)
+        return logits, values, cache_of(out)
 
 
 class Reference:
@@ -175,8 +198,8 @@ class Reference:
             position_ids = position_ids_from_mask(attention_mask)
         with self._model() as lm, autocast(input_ids.device.type, self.precision):
             out = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                     past_key_values=past_key_values, use_cache=use_cache, **keep_kwargs(logits_to_keep))
-        return last_positions(out.logits, logits_to_keep), None, getattr(out, "past_key_values", None)
+                     use_cache=use_cache, **cache_kwargs(lm, past_key_values), **keep_kwargs(logits_to_keep))
+        return last_positions(out.logits, logits_to_keep), None, cache_of(out)
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The reference's logits for a left-padded batch."""
