@@ -20,7 +20,7 @@ from collections import deque
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class RAFTConfig(BaseModel):
@@ -52,6 +52,20 @@ class RAFTConfig(BaseModel):
     # that the task's checker accepts (Task.verified_prefix; process-level rejection sampling, one
     # token weight per verified token). Tasks without steps ignore it.
     prefixes: bool = False
+    # process-level search from the failures (needs `prefixes`): from up to `branch_starts` distinct
+    # verified starts of this step's failed samples, sample `branches` continuations each (at
+    # `branch_temperature`; None: the rollout's), score the whole completions with the same reward,
+    # and imitate the continuations the checker verifies further than their start (0: off). The
+    # samples spend their exploration on the step the policy gets wrong, not on the steps before it.
+    branches: int = Field(0, ge=0)
+    branch_starts: int = Field(64, ge=1)
+    branch_temperature: float | None = Field(None, gt=0.0)
+
+    @model_validator(mode="after")
+    def _branches_need_prefixes(self):
+        if self.branches and not self.prefixes:
+            raise ValueError("branches > 0 samples from verified starts: set prefixes = true as well")
+        return self
 
 
 def select(scores: torch.Tensor, group_size: int = 1, min_reward: float | None = None,

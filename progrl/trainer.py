@@ -427,6 +427,7 @@ class Trainer:
 
         # 4. advantages (RAFT: which samples to imitate)
         keep, weights, tokens, lengths, batch, batch_mask = None, None, None, None, rollout, mask
+        branched, branch_stats = [], {}
         if a.estimator == "raft" or a.raft.coef:
             keep = expert_iteration.select(raw, G, a.raft.min_reward, a.raft.top_k)
             lengths = rollout.response_mask.sum(-1) * keep  # imitated tokens of each sample (0: none)
@@ -436,13 +437,18 @@ class Trainer:
                     lengths = torch.where(keep | dropped, lengths, verified.to(lengths.device))
             tokens = expert_iteration.prefix_mask(lengths, mask.shape[1]) * mask  # (B, T) imitated tokens
             weights = (lengths > 0).float()  # how much each sample counts in the imitation (0: not imitated)
+            if a.raft.branches:  # continuations sampled from the failures' verified starts
+                t1 = time.time()
+                branched, branch_stats = self.branch_rows(records, rollout, lengths, ~(keep | dropped), step)
+                timings["time_branch"] = time.time() - t1
             if a.raft.weight == "inverse_probability":
                 weights = weights * expert_iteration.importance_weights(rollout.logprobs, tokens, a.raft.max_weight)
             tokens = tokens * weights.unsqueeze(-1)
         if a.estimator == "raft":
-            if a.raft.replay:  # train on this step's kept samples and on kept samples of earlier steps
+            if a.raft.replay or a.raft.branches:  # this step's kept samples (and branches), and earlier steps'
                 rows, old = self.replay_step(rollout, lengths, step, weights)
-                batch, batch_mask = self.imitation_batch(rows + old)
+                self.replay.add(branched)
+                batch, batch_mask = self.imitation_batch(rows + branched + old)
                 if self.reference is not None:
                     with torch.no_grad():
                         ref_logprobs = forward_response(self.reference, batch.input_ids, batch.attention_mask,
@@ -455,9 +461,10 @@ class Trainer:
                                                      gamma=a.gamma, lam=a.lam, whiten=a.whiten_advantages,
                                                      valid=~dropped)
         replayed = None
-        if a.estimator != "raft" and a.raft.coef and a.raft.replay:  # the imitation term's earlier samples
-            old = self.replay_step(rollout, lengths, step, weights)[1]
-            replayed = self.imitation_batch(old) if old else None
+        if a.estimator != "raft" and a.raft.coef and (a.raft.replay or a.raft.branches):  # the imitation
+            old = self.replay_step(rollout, lengths, step, weights)[1]  # term's earlier samples (and branches)
+            self.replay.add(branched)
+            replayed = self.imitation_batch(branched + old) if branched or old else None
 
         # 5. update: epochs x minibatches, reusing the rollout's log-probs and values as "old"
         stats = self.update(batch, batch_mask, advantages, returns, ref_logprobs, beta, step, imitation_weights=tokens,
@@ -465,6 +472,7 @@ class Trainer:
         timings["time_update"] = time.time() - t0
         if keep is not None:
             stats["kept_fraction"] = float(keep.float().mean())
+            stats.update(branch_stats)
             if a.raft.prefixes:
                 stats["imitated_token_fraction"] = float(tokens.gt(0).sum() / mask.sum().clamp(min=1))
             if a.raft.weight != "uniform" and keep.any():
@@ -528,6 +536,69 @@ class Trainer:
             n = int(rollout.response_mask[i].sum())
             out.append(expert_iteration.prefix_token_count(self.tokenizer, ids[i, :n].tolist(), prefix) if prefix else 0)
         return torch.tensor(out, dtype=torch.long)
+
+    def branch_rows(self, records: list[dict], rollout: Rollout, lengths: torch.Tensor, failed: torch.Tensor,
+                    step: int) -> tuple[list, dict]:
+        """Process-level search from the failures (``algo.raft.branches``): the distinct verified
+        starts (prompt plus its first ``lengths[i]`` response tokens) of the ``failed`` samples
+        (bool ``(B,)``), up to ``branch_starts`` of them drawn at random, each continued
+        ``branches`` times at ``branch_temperature``. Every continuation is scored whole (start
+        plus continuation) by the reward engine, as a sample is; one that the reward keeps, or
+        whose verified start (:meth:`Task.verified_prefix`) reaches past the start it came from,
+        becomes an imitation row (its verified tokens; distinct rows only). Returns the rows and
+        the step's metrics."""
+        rb, r = self.cfg.algo.raft, self.cfg.rollout
+        prompt_lists, response_lists = id_lists(rollout)
+        starts: dict[tuple, int] = {}
+        for i in torch.nonzero(failed).squeeze(-1).tolist():
+            starts.setdefault((tuple(prompt_lists[i]), tuple(response_lists[i][:int(lengths[i])])), i)
+        keys = list(starts)
+        g = step_generator(self.cfg.seed, step, torch.device("cpu"), salt=3)
+        if len(keys) > rb.branch_starts:
+            keys = [keys[j] for j in sorted(torch.randperm(len(keys), generator=g)[:rb.branch_starts].tolist())]
+        stats = {"branch_starts": float(len(keys)), "branch_fixed_fraction": 0.0}
+        budget = [r.max_new_tokens - len(start) for _, start in keys]
+        keys = [k for k, room in zip(keys, budget) if room > 0]
+        if not keys:
+            return [], stats
+        K = rb.branches
+        room = max(r.max_new_tokens - len(start) for _, start in keys)
+        ids, mask = left_pad([list(p) + list(start) for p, start in keys for _ in range(K)], self.sampling.pad_id,
+                             self.device)
+        params = SamplingParams(**{**self.sampling.__dict__, "max_new_tokens": room,
+                                   "temperature": rb.branch_temperature or self.sampling.temperature})
+        uniforms = sampling_uniforms(len(keys) * K, room, g)
+        chunk = r.generation_batch_size
+        with torch.no_grad(), self.dist.full_model(self.policy):
+            parts = [sample(self.policy, ids[j:j + chunk], mask[j:j + chunk], params, uniforms=uniforms[j:j + chunk])
+                     for j in range(0, ids.shape[0], chunk)]
+        cont = id_lists(concat_rollouts(parts, self.sampling.pad_id))[1]
+        rows = [(list(p), (list(start) + c)[:r.max_new_tokens]) for (p, start), c in
+                zip([k for k in keys for _ in range(K)], cont)]
+        p_ids, p_mask, r_ids, r_mask = expert_iteration.ReplayBuffer.batch(rows, self.sampling.pad_id, self.device)
+        whole = Rollout(prompt_ids=p_ids, prompt_mask=p_mask, response_ids=r_ids, response_mask=r_mask,
+                        logprobs=torch.zeros(r_ids.shape), values=None)
+        recs = [records[starts[k]] for k in keys for _ in range(K)]
+        completions = self.decode(whole)
+        result = self.score([rec["prompt"] for rec in recs], completions, recs, id_lists(whole))
+        raw = torch.tensor([math.nan if x is None else float(x) for x in result.rewards])
+        kept = expert_iteration.select(raw, 1, rb.min_reward, 0)
+        skip = kept | torch.isnan(raw)
+        verified = self.verified_prefix_lengths(recs, completions, whole, skip=skip)
+        full = r_mask.sum(-1).cpu()
+        got = torch.where(kept, full, verified if verified is not None else torch.zeros_like(full))
+        start_len = torch.tensor([len(start) for _, start in keys for _ in range(K)])
+        better = got > start_len
+        out, seen = [], set()
+        for row, n in zip(expert_iteration.kept_rows(p_ids, p_mask, r_ids, r_mask, better, lengths=got),
+                          got[better].tolist()):
+            key = (tuple(row[0]), tuple(row[1]))
+            if key not in seen:
+                seen.add(key)
+                out.append(row)
+        stats["branch_fixed_fraction"] = float(better.view(-1, K).any(-1).float().mean())
+        stats["branch_rows"] = float(len(out))
+        return out, stats
 
     def replay_step(self, rollout: Rollout, lengths: torch.Tensor, step: int,
                     weights: torch.Tensor | None = None) -> tuple[list, list]:

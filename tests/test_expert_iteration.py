@@ -314,3 +314,59 @@ def test_raft_estimator_with_prefixes_trains_on_the_cut_rows(tmp_path, monkeypat
         text = tr.tokenizer.decode(batch.response_ids[i][mask[i] > 0].tolist(), skip_special_tokens=True)
         assert text and core.verified_chain_prefix(prompt, text) == text
         assert text.endswith("=") or core.exact_chain(prompt, text)
+
+
+def test_branches_need_prefixes():
+    with pytest.raises(ConfigError, match=r"algo\.raft.*branches.*prefixes"):
+        build_config({}, {}, ["algo.raft.branches=4"], {})
+    assert build_config({}, {}, ["algo.raft.branches=4", "algo.raft.prefixes=true"], {}).algo.raft.branches == 4
+
+
+def test_branches_continue_failed_starts_and_join_the_imitation(tmp_path, monkeypatch):
+    """`raft.branches`: continuations are sampled from the verified starts of this step's failed
+    samples; each row they add starts with one of those starts, reaches further than it in verified
+    steps (or is exact), is distinct, and is in the update's batch and the replay beside the step's own rows."""
+    from progrl.tasks import arithmetic_core as core
+
+    task = get_task("arithmetic-chain")
+    base = [kv for kv in TINY if not kv.startswith(("algo.estimator", "algo.raft", "model.", "sft."))]
+    cfg = build_config(task.defaults(), {}, [*base, "algo.raft.replay=4", "algo.raft.branches=4",
+                                             "algo.raft.branch_starts=12", "algo.raft.branch_temperature=1.5",
+                                             "sft.examples=256", "sft.epochs=20", "rollout.batch_size=16"],
+                       {"steps": 1})
+    tr = Trainer(cfg, task, tmp_path / "run")
+    tr.warm_start()
+    seen = {}
+    orig_branch, orig_update = tr.branch_rows, tr.update
+
+    def spy_branch(records, rollout, lengths, failed, step):
+        rows, stats = orig_branch(records, rollout, lengths, failed, step)
+        seen.update(records=records, rollout=rollout, lengths=lengths.clone(), failed=failed.clone(), rows=rows)
+        return rows, stats
+
+    def spy_update(rollout, mask, *rest, **kw):
+        seen.update(batch=rollout, mask=mask.clone())
+        return orig_update(rollout, mask, *rest, **kw)
+
+    monkeypatch.setattr(tr, "branch_rows", spy_branch)
+    monkeypatch.setattr(tr, "update", spy_update)
+    metrics, _ = tr.rl_step(1)
+    rollout, lengths, failed, rows = seen["rollout"], seen["lengths"], seen["failed"], seen["rows"]
+    starts = set()
+    for i in torch.nonzero(failed).squeeze(-1).tolist():
+        p = rollout.prompt_ids[i][rollout.prompt_mask[i].bool()].tolist()
+        starts.add((tuple(p), tuple(rollout.response_ids[i][:int(lengths[i])].tolist())))
+    assert 0 < metrics["branch_starts"] <= 12 and metrics["branch_starts"] <= len(starts)
+    assert rows and metrics["branch_rows"] == len(rows) == len({(tuple(p), tuple(r)) for p, r in rows})
+    for p, r in rows:
+        origin = [s for (sp, s) in starts if sp == tuple(p) and tuple(r[:len(s)]) == s]
+        assert origin, "a branch row continues a failed sample's verified start"
+        prompt = tr.tokenizer.decode(p)
+        prompt = prompt[prompt.index(core.BOS):]
+        text = tr.tokenizer.decode(r, skip_special_tokens=True)
+        assert core.verified_chain_prefix(prompt, text) == text  # every imitated token verified
+        assert len(r) > min(len(s) for s in origin)  # further than where it started
+    batch_rows = {(tuple(p[m.bool()].tolist()), tuple(x[k > 0].tolist())) for p, m, x, k in
+                  zip(seen["batch"].prompt_ids, seen["batch"].prompt_mask, seen["batch"].response_ids, seen["mask"])}
+    assert {(tuple(p), tuple(r)) for p, r in rows} <= batch_rows
+    assert len(tr.replay) == seen["batch"].response_ids.shape[0]  # the step's rows and the branches, nothing older
