@@ -469,7 +469,7 @@ class Trainer:
         # 5. update: epochs x minibatches, reusing the rollout's log-probs and values as "old"
         stats = self.update(batch, batch_mask, advantages, returns, ref_logprobs, beta, step, imitation_weights=tokens,
                             replayed=replayed)
-        timings["time_update"] = time.time() - t0
+        timings["time_update"] = time.time() - t0 - timings.get("time_branch", 0.0)  # the branches are their own
         if keep is not None:
             stats["kept_fraction"] = float(keep.float().mean())
             stats.update(branch_stats)
