@@ -60,6 +60,9 @@ class RAFTConfig(BaseModel):
     branches: int = Field(0, ge=0)
     branch_starts: int = Field(64, ge=1)
     branch_temperature: float | None = Field(None, gt=0.0)
+    # how a branch's first token is chosen: "sample" (like the rest), or "top_k": the `branches`
+    # most likely next tokens, one branch each (distinct forks where the failed step begins)
+    branch_first: Literal["sample", "top_k"] = "sample"
 
     @model_validator(mode="after")
     def _branches_need_prefixes(self):

@@ -561,21 +561,33 @@ class Trainer:
         keys = [k for k, room in zip(keys, budget) if room > 0]
         if not keys:
             return [], stats
-        K = rb.branches
-        room = max(r.max_new_tokens - len(start) for _, start in keys)
-        ids, mask = left_pad([list(p) + list(start) for p, start in keys for _ in range(K)], self.sampling.pad_id,
-                             self.device)
-        params = SamplingParams(**{**self.sampling.__dict__, "max_new_tokens": room,
-                                   "temperature": rb.branch_temperature or self.sampling.temperature})
-        uniforms = sampling_uniforms(len(keys) * K, room, g)
-        chunk = r.generation_batch_size
-        with torch.no_grad(), self.dist.full_model(self.policy):
-            parts = [sample(self.policy, ids[j:j + chunk], mask[j:j + chunk], params, uniforms=uniforms[j:j + chunk])
-                     for j in range(0, ids.shape[0], chunk)]
-        cont = id_lists(concat_rollouts(parts, self.sampling.pad_id))[1]
-        rows = [(list(p), (list(start) + c)[:r.max_new_tokens]) for (p, start), c in
-                zip([k for k in keys for _ in range(K)], cont)]
-        p_ids, p_mask, r_ids, r_mask = expert_iteration.ReplayBuffer.batch(rows, self.sampling.pad_id, self.device)
+        K, pad = rb.branches, self.sampling.pad_id
+        heads = [list(p) + list(start) for p, start in keys]
+        first = [[] for _ in range(len(keys) * K)]  # each branch's forced first token ("top_k")
+        if rb.branch_first == "top_k":  # the K most likely next tokens, one branch each
+            with torch.no_grad(), self.dist.full_model(self.policy):
+                h_ids, h_mask = left_pad(heads, pad, self.device)
+                logits = self.policy(h_ids, h_mask, logits_to_keep=1)[0][:, -1].float()
+            if self.sampling.banned_ids:
+                logits[:, list(self.sampling.banned_ids)] = -math.inf
+            first = [[t] for t in logits.topk(min(K, logits.shape[-1]), dim=-1).indices.flatten().tolist()]
+            K = len(first) // len(keys)
+        stops = [bool(f) and f[0] in self.sampling.stop_ids for f in first]  # a forced stop ends the branch
+        room = max(r.max_new_tokens - len(keys[j // K][1]) - len(first[j]) for j in range(len(keys) * K))
+        ids, mask = left_pad([heads[j // K] + first[j] for j in range(len(keys) * K)], pad, self.device)
+        cont = [[] for _ in first]
+        if room > 0:
+            params = SamplingParams(**{**self.sampling.__dict__, "max_new_tokens": room,
+                                       "temperature": rb.branch_temperature or self.sampling.temperature})
+            uniforms = sampling_uniforms(len(keys) * K, room, g)
+            chunk = r.generation_batch_size
+            with torch.no_grad(), self.dist.full_model(self.policy):
+                parts = [sample(self.policy, ids[j:j + chunk], mask[j:j + chunk], params,
+                                uniforms=uniforms[j:j + chunk]) for j in range(0, ids.shape[0], chunk)]
+            cont = id_lists(concat_rollouts(parts, pad))[1]
+        rows = [(list(keys[j // K][0]), (list(keys[j // K][1]) + first[j] + ([] if stops[j] else cont[j]))[:r.max_new_tokens])
+                for j in range(len(keys) * K)]
+        p_ids, p_mask, r_ids, r_mask = expert_iteration.ReplayBuffer.batch(rows, pad, self.device)
         whole = Rollout(prompt_ids=p_ids, prompt_mask=p_mask, response_ids=r_ids, response_mask=r_mask,
                         logprobs=torch.zeros(r_ids.shape), values=None)
         recs = [records[starts[k]] for k in keys for _ in range(K)]
@@ -590,8 +602,7 @@ class Trainer:
         start_len = torch.tensor([len(start) for _, start in keys for _ in range(K)])
         better = got > start_len
         out, seen = [], set()
-        for row, n in zip(expert_iteration.kept_rows(p_ids, p_mask, r_ids, r_mask, better, lengths=got),
-                          got[better].tolist()):
+        for row in expert_iteration.kept_rows(p_ids, p_mask, r_ids, r_mask, better, lengths=got):
             key = (tuple(row[0]), tuple(row[1]))
             if key not in seen:
                 seen.add(key)

@@ -322,7 +322,8 @@ def test_branches_need_prefixes():
     assert build_config({}, {}, ["algo.raft.branches=4", "algo.raft.prefixes=true"], {}).algo.raft.branches == 4
 
 
-def test_branches_continue_failed_starts_and_join_the_imitation(tmp_path, monkeypatch):
+@pytest.mark.parametrize("first", ["sample", "top_k"])
+def test_branches_continue_failed_starts_and_join_the_imitation(tmp_path, monkeypatch, first):
     """`raft.branches`: continuations are sampled from the verified starts of this step's failed
     samples; each row they add starts with one of those starts, reaches further than it in verified
     steps (or is exact), is distinct, and is in the update's batch and the replay beside the step's own rows."""
@@ -332,6 +333,7 @@ def test_branches_continue_failed_starts_and_join_the_imitation(tmp_path, monkey
     base = [kv for kv in TINY if not kv.startswith(("algo.estimator", "algo.raft", "model.", "sft."))]
     cfg = build_config(task.defaults(), {}, [*base, "algo.raft.replay=4", "algo.raft.branches=4",
                                              "algo.raft.branch_starts=12", "algo.raft.branch_temperature=1.5",
+                                             f'algo.raft.branch_first="{first}"',
                                              "sft.examples=256", "sft.epochs=20", "rollout.batch_size=16"],
                        {"steps": 1})
     tr = Trainer(cfg, task, tmp_path / "run")
@@ -348,9 +350,28 @@ def test_branches_continue_failed_starts_and_join_the_imitation(tmp_path, monkey
         seen.update(batch=rollout, mask=mask.clone())
         return orig_update(rollout, mask, *rest, **kw)
 
+    import progrl.trainer as trainer_module
+
+    forks = []  # per branch sampling call: (forced first tokens, the policy's top 4 there)
+    orig_sample = trainer_module.sample
+
+    def spy_sample(policy, ids, mask, params, **kw):
+        if params.max_new_tokens < cfg.rollout.max_new_tokens:  # a branch call (the rollout's uses the whole budget)
+            heads, head_mask = ids[::4, :-1], mask[::4, :-1]  # the starts, before their forced tokens
+            with torch.no_grad():
+                logits = policy(heads, head_mask, logits_to_keep=1)[0][:, -1]
+            logits[:, list(tr.sampling.banned_ids)] = -math.inf
+            forks.append((ids[:, -1].reshape(-1, 4), logits.topk(4, dim=-1).indices))
+        return orig_sample(policy, ids, mask, params, **kw)
+
     monkeypatch.setattr(tr, "branch_rows", spy_branch)
     monkeypatch.setattr(tr, "update", spy_update)
+    monkeypatch.setattr(trainer_module, "sample", spy_sample)
     metrics, _ = tr.rl_step(1)
+    if first == "top_k":  # each start's 4 branches begin with its 4 most likely next tokens
+        assert forks
+        forced, top = torch.cat([f for f, _ in forks]), torch.cat([t for _, t in forks])
+        assert torch.equal(forced, top)
     rollout, lengths, failed, rows = seen["rollout"], seen["lengths"], seen["failed"], seen["rows"]
     starts = set()
     for i in torch.nonzero(failed).squeeze(-1).tolist():
