@@ -24,11 +24,12 @@ QUIET = ["--set", "log.progress=false", "--set", "log.tensorboard=false", "--set
 # The one-token default (lr 1e-3) dips for its first ~20 steps (held-out reward 0.738 -> 0.637 at
 # step 12, measured) and is above its start well before step 100 in every measured run, so it is
 # judged after 100 steps (~50 s); the chain's old default was already noise by step 12.
-# The chain default (step-level RAFT) is judged after 100 steps, where it must also have learned
-# (this warm start, 256 held-out prompts, measured with transformers 5.25: every-step-right chains
-# 7.8% -> 13.3%, paper reward 0.282 -> 0.369; it dips for its first ~10 steps). At 50 steps the
-# gain was within the noise of 256 greedy answers: +1.6 points and +0.017 with transformers 5.25,
-# +2.8 and +0.051 with 5.23, from warm starts that differ in the last digits.
+# The chain default (step-level RAFT with forks from its failures) is judged after 100 steps, where
+# it must also have learned (this warm start, 256 held-out prompts, measured with transformers 5.25:
+# every-step-right chains 7.8% -> 18.4%, paper reward 0.282 -> 0.427; without the forks 7.8% ->
+# 13.3% and 0.369; it dips for its first ~10 steps). At 50 steps the old default's gain was within
+# the noise of 256 greedy answers (+1.6 points and +0.017 with transformers 5.25, +2.8 and +0.051
+# with 5.23, from warm starts that differ in the last digits).
 STEPS = {"arithmetic": 100, "arithmetic-chain": 100}
 
 
@@ -58,5 +59,5 @@ def test_default_job_does_not_fall_below_its_warm_start(task, warm_start, tmp_pa
     assert max(entropy[-3:]) < 0.6 * uniform, entropy
     assert after["distinct_answers"] > 1  # and not one answer for every prompt
     if task == "arithmetic-chain":  # learned: more chains with every step right
-        assert after["chain_exact"] >= before["chain_exact"] + 0.025, (before, after)
-        assert after["mean_reward"] >= before["mean_reward"] + 0.04, (before, after)
+        assert after["chain_exact"] >= before["chain_exact"] + 0.04, (before, after)
+        assert after["mean_reward"] >= before["mean_reward"] + 0.06, (before, after)
