@@ -63,6 +63,9 @@ class RAFTConfig(BaseModel):
     # how a branch's first token is chosen: "sample" (like the rest), or "top_k": the `branches`
     # most likely next tokens, one branch each (distinct forks where the failed step begins)
     branch_first: Literal["sample", "top_k"] = "sample"
+    # imitate each distinct row (prompt and imitated tokens) of a step once: a prompt the policy
+    # already solves 16 times out of 16 counts once, not 16 times, beside the rows of the failures
+    distinct: bool = False
 
     @model_validator(mode="after")
     def _branches_need_prefixes(self):
@@ -162,6 +165,19 @@ def kept_rows(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids:
     if weights is None:
         return rows
     return [(p, r, float(weights[i])) for (p, r), i in zip(rows, idx)]
+
+
+def first_occurrences(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+                      lengths: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` long: 1 for a row whose prompt and first ``lengths[i]`` response tokens no earlier
+    row has, 0 for a repeat (and for rows with ``lengths[i] == 0``)."""
+    seen, out = set(), []
+    for i in range(prompt_ids.shape[0]):
+        n = int(lengths[i])
+        key = (tuple(prompt_ids[i][prompt_mask[i].bool()].tolist()), tuple(response_ids[i, :n].tolist()))
+        out.append(int(n > 0 and key not in seen))
+        seen.add(key)
+    return torch.tensor(out, dtype=torch.long)
 
 
 def row_weights(rows: list[tuple]) -> torch.Tensor:

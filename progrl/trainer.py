@@ -435,12 +435,15 @@ class Trainer:
                 verified = self.verified_prefix_lengths(records, completions, rollout, skip=keep | dropped)
                 if verified is not None:
                     lengths = torch.where(keep | dropped, lengths, verified.to(lengths.device))
-            tokens = expert_iteration.prefix_mask(lengths, mask.shape[1]) * mask  # (B, T) imitated tokens
-            weights = (lengths > 0).float()  # how much each sample counts in the imitation (0: not imitated)
             if a.raft.branches:  # continuations sampled from the failures' verified starts
                 t1 = time.time()
                 branched, branch_stats = self.branch_rows(records, rollout, lengths, ~(keep | dropped), step)
                 timings["time_branch"] = time.time() - t1
+            if a.raft.distinct:  # each distinct imitated row once
+                lengths = lengths * expert_iteration.first_occurrences(rollout.prompt_ids, rollout.prompt_mask,
+                                                                       rollout.response_ids, lengths).to(lengths.device)
+            tokens = expert_iteration.prefix_mask(lengths, mask.shape[1]) * mask  # (B, T) imitated tokens
+            weights = (lengths > 0).float()  # how much each sample counts in the imitation (0: not imitated)
             if a.raft.weight == "inverse_probability":
                 weights = weights * expert_iteration.importance_weights(rollout.logprobs, tokens, a.raft.max_weight)
             tokens = tokens * weights.unsqueeze(-1)

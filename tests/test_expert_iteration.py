@@ -391,3 +391,14 @@ def test_branches_continue_failed_starts_and_join_the_imitation(tmp_path, monkey
                   zip(seen["batch"].prompt_ids, seen["batch"].prompt_mask, seen["batch"].response_ids, seen["mask"])}
     assert {(tuple(p), tuple(r)) for p, r in rows} <= batch_rows
     assert len(tr.replay) == seen["batch"].response_ids.shape[0]  # the step's rows and the branches, nothing older
+
+
+def test_first_occurrences_marks_repeats_of_the_imitated_tokens():
+    prompts = torch.tensor([[0, 5], [0, 5], [0, 5], [6, 7], [0, 5]])
+    pmask = torch.tensor([[0, 1], [0, 1], [0, 1], [1, 1], [0, 1]])
+    responses = torch.tensor([[1, 2, 3], [1, 2, 9], [1, 2, 3], [1, 2, 3], [4, 4, 4]])
+    # rows 0 and 2 are the same; row 1 imitates only [1, 2], as row 0's first two would (but row 0
+    # imitates three); row 3 has another prompt; row 4 imitates nothing
+    lengths = torch.tensor([3, 2, 3, 3, 0])
+    assert ei.first_occurrences(prompts, pmask, responses, lengths).tolist() == [1, 1, 0, 1, 0]
+    assert ei.first_occurrences(prompts, pmask, responses, torch.tensor([2, 2, 3, 3, 1])).tolist() == [1, 0, 1, 1, 1]
