@@ -254,7 +254,7 @@ def test_verified_prefixes_reach_the_imitation_term_and_the_replay(tmp_path, mon
     base = [kv for kv in TINY if not kv.startswith(("algo.estimator", "algo.raft", "model.", "sft."))]
     # the task's own model and a short warm start: it writes some right steps and some wrong ones
     cfg = build_config(task.defaults(), {}, [*base, 'algo.estimator="rloo"', "algo.raft.coef=1.0", "algo.raft.replay=4",
-                                             "algo.raft.prefixes=true", "sft.examples=256", "sft.epochs=20",
+                                             "algo.raft.prefixes=true", "algo.raft.branches=0", "sft.examples=256", "sft.epochs=20",
                                              "rollout.batch_size=16", "rollout.temperature=1.5"],
                        {"steps": 1})
     tr = Trainer(cfg, task, tmp_path / "run")
