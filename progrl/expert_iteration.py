@@ -58,8 +58,8 @@ class RAFTConfig(BaseModel):
     # and imitate the continuations the checker verifies further than their start (0: off). The
     # samples spend their exploration on the step the policy gets wrong, not on the steps before it.
     branches: int = Field(0, ge=0)
-    branch_starts: int = Field(64, ge=1)
-    branch_temperature: float | None = Field(None, gt=0.0)
+    branch_starts: int = Field(64, ge=1)  # at most this many distinct failed starts per step, drawn at random
+    branch_temperature: float | None = Field(None, gt=0.0)  # the branches' sampling temperature (None: the rollout's)
     # how a branch's first token is chosen: "sample" (like the rest), or "top_k": the `branches`
     # most likely next tokens, one branch each (distinct forks where the failed step begins)
     branch_first: Literal["sample", "top_k"] = "sample"
