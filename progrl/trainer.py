@@ -264,11 +264,16 @@ class Trainer:
         ``uniforms`` (one row per prompt) are the draws (progrl.rollout)."""
         params = SamplingParams(**{**self.sampling.__dict__, "greedy": greedy})
         ids, mask = self.encode_prompts(prompts)
+        return self.sample_ids(ids, mask, params, uniforms)
+
+    def sample_ids(self, ids: torch.Tensor, mask: torch.Tensor, params: SamplingParams,
+                   uniforms: torch.Tensor | None) -> Rollout:
+        """Sample from left-padded prompt ids in chunks of generation_batch_size."""
         chunk = self.cfg.rollout.generation_batch_size
         with self.dist.full_model(self.policy):
             parts = [sample(self.policy, ids[i:i + chunk], mask[i:i + chunk], params,
                             uniforms=None if uniforms is None else uniforms[i:i + chunk])
-                     for i in range(0, len(prompts), chunk)]
+                     for i in range(0, ids.shape[0], chunk)]
         return concat_rollouts(parts, self.sampling.pad_id)
 
     @torch.no_grad()
@@ -582,12 +587,8 @@ class Trainer:
         if room > 0:
             params = SamplingParams(**{**self.sampling.__dict__, "max_new_tokens": room,
                                        "temperature": rb.branch_temperature or self.sampling.temperature})
-            uniforms = sampling_uniforms(len(keys) * K, room, g)
-            chunk = r.generation_batch_size
-            with torch.no_grad(), self.dist.full_model(self.policy):
-                parts = [sample(self.policy, ids[j:j + chunk], mask[j:j + chunk], params,
-                                uniforms=uniforms[j:j + chunk]) for j in range(0, ids.shape[0], chunk)]
-            cont = id_lists(concat_rollouts(parts, pad))[1]
+            with torch.no_grad():
+                cont = id_lists(self.sample_ids(ids, mask, params, sampling_uniforms(len(keys) * K, room, g)))[1]
         rows = [(list(keys[j // K][0]), (list(keys[j // K][1]) + first[j] + ([] if stops[j] else cont[j]))[:r.max_new_tokens])
                 for j in range(len(keys) * K)]
         p_ids, p_mask, r_ids, r_mask = expert_iteration.ReplayBuffer.batch(rows, pad, self.device)
@@ -604,12 +605,8 @@ class Trainer:
         got = torch.where(kept, full, verified if verified is not None else torch.zeros_like(full))
         start_len = torch.tensor([len(start) for _, start in keys for _ in range(K)])
         better = got > start_len
-        out, seen = [], set()
-        for row in expert_iteration.kept_rows(p_ids, p_mask, r_ids, r_mask, better, lengths=got):
-            key = (tuple(row[0]), tuple(row[1]))
-            if key not in seen:
-                seen.add(key)
-                out.append(row)
+        once = better & expert_iteration.first_occurrences(p_ids, p_mask, r_ids, got).bool()  # distinct rows only
+        out = expert_iteration.kept_rows(p_ids, p_mask, r_ids, r_mask, once, lengths=got)
         stats["branch_fixed_fraction"] = float(better.view(-1, K).any(-1).float().mean())
         stats["branch_rows"] = float(len(out))
         return out, stats
