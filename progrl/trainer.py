@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from progrl import branching
 from progrl import checkpoint as ckpt
 from progrl import expert_iteration
 from progrl.advantages import compute_advantages, token_rewards
@@ -547,69 +548,45 @@ class Trainer:
 
     def branch_rows(self, records: list[dict], rollout: Rollout, lengths: torch.Tensor, failed: torch.Tensor,
                     step: int) -> tuple[list, dict]:
-        """Process-level search from the failures (``algo.raft.branches``): the distinct verified
-        starts (prompt plus its first ``lengths[i]`` response tokens) of the ``failed`` samples
-        (bool ``(B,)``), up to ``branch_starts`` of them drawn at random, each continued
-        ``branches`` times at ``branch_temperature``. Every continuation is scored whole (start
-        plus continuation) by the reward engine, as a sample is; one that the reward keeps, or
-        whose verified start (:meth:`Task.verified_prefix`) reaches past the start it came from,
-        becomes an imitation row (its verified tokens; distinct rows only). Returns the rows and
-        the step's metrics."""
-        rb, r = self.cfg.algo.raft, self.cfg.rollout
-        prompt_lists, response_lists = id_lists(rollout)
-        starts: dict[tuple, int] = {}
-        for i in torch.nonzero(failed).squeeze(-1).tolist():
-            starts.setdefault((tuple(prompt_lists[i]), tuple(response_lists[i][:int(lengths[i])])), i)
-        keys = list(starts)
-        g = step_generator(self.cfg.seed, step, torch.device("cpu"), salt=3)
-        if len(keys) > rb.branch_starts:
-            keys = [keys[j] for j in sorted(torch.randperm(len(keys), generator=g)[:rb.branch_starts].tolist())]
-        stats = {"branch_starts": float(len(keys)), "branch_fixed_fraction": 0.0}
-        budget = [r.max_new_tokens - len(start) for _, start in keys]
-        keys = [k for k, room in zip(keys, budget) if room > 0]
-        if not keys:
-            return [], stats
-        K, pad = rb.branches, self.sampling.pad_id
-        heads = [list(p) + list(start) for p, start in keys]
-        first = [[] for _ in range(len(keys) * K)]  # each branch's forced first token ("top_k")
-        if rb.branch_first == "top_k":  # the K most likely next tokens, one branch each
-            with torch.no_grad(), self.dist.full_model(self.policy):
-                h_ids, h_mask = left_pad(heads, pad, self.device)
-                logits = self.policy(h_ids, h_mask, logits_to_keep=1)[0][:, -1].float()
-            if self.sampling.banned_ids:
-                logits[:, list(self.sampling.banned_ids)] = -math.inf
-            first = [[t] for t in logits.topk(min(K, logits.shape[-1]), dim=-1).indices.flatten().tolist()]
-            K = len(first) // len(keys)
-        stops = [bool(f) and f[0] in self.sampling.stop_ids for f in first]  # a forced stop ends the branch
-        room = max(r.max_new_tokens - len(keys[j // K][1]) - len(first[j]) for j in range(len(keys) * K))
-        ids, mask = left_pad([heads[j // K] + first[j] for j in range(len(keys) * K)], pad, self.device)
-        cont = [[] for _ in first]
-        if room > 0:
+        """RAFT's forks from the failures (``algo.raft.branches``, :mod:`progrl.branching`): the
+        ``failed`` samples' (bool ``(B,)``) distinct verified starts, the prompt plus the first
+        ``lengths[i]`` response tokens, continued by this policy and judged whole by the reward
+        engine and the task's checker, as a sample is. Returns the imitation rows and the
+        step's metrics."""
+        rb, r, pad = self.cfg.algo.raft, self.cfg.rollout, self.sampling.pad_id
+        g = step_generator(self.cfg.seed, step, torch.device("cpu"), salt=3)  # the draw of starts, then the samples
+        starts = branching.failed_starts(*id_lists(rollout), lengths, failed, rb.branch_starts, g)
+
+        @torch.no_grad()
+        def next_token_logits(heads: list[list[int]]) -> torch.Tensor:
+            ids, mask = left_pad(heads, pad, self.device)
+            with self.dist.full_model(self.policy):
+                return self.policy(ids, mask, logits_to_keep=1)[0][:, -1].float()
+
+        @torch.no_grad()
+        def sample_on(heads: list[list[int]], room: int) -> list[list[int]]:
             params = SamplingParams(**{**self.sampling.__dict__, "max_new_tokens": room,
                                        "temperature": rb.branch_temperature or self.sampling.temperature})
-            with torch.no_grad():
-                cont = id_lists(self.sample_ids(ids, mask, params, sampling_uniforms(len(keys) * K, room, g)))[1]
-        rows = [(list(keys[j // K][0]), (list(keys[j // K][1]) + first[j] + ([] if stops[j] else cont[j]))[:r.max_new_tokens])
-                for j in range(len(keys) * K)]
-        p_ids, p_mask, r_ids, r_mask = expert_iteration.ReplayBuffer.batch(rows, pad, self.device)
-        whole = Rollout(prompt_ids=p_ids, prompt_mask=p_mask, response_ids=r_ids, response_mask=r_mask,
-                        logprobs=torch.zeros(r_ids.shape), values=None)
-        recs = [records[starts[k]] for k in keys for _ in range(K)]
-        completions = self.decode(whole)
-        result = self.score([rec["prompt"] for rec in recs], completions, recs, id_lists(whole))
-        raw = torch.tensor([math.nan if x is None else float(x) for x in result.rewards])
-        kept = expert_iteration.select(raw, 1, rb.min_reward, 0)
-        skip = kept | torch.isnan(raw)
-        verified = self.verified_prefix_lengths(recs, completions, whole, skip=skip)
-        full = r_mask.sum(-1).cpu()
-        got = torch.where(kept, full, verified if verified is not None else torch.zeros_like(full))
-        start_len = torch.tensor([len(start) for _, start in keys for _ in range(K)])
-        better = got > start_len
-        once = better & expert_iteration.first_occurrences(p_ids, p_mask, r_ids, got).bool()  # distinct rows only
-        out = expert_iteration.kept_rows(p_ids, p_mask, r_ids, r_mask, once, lengths=got)
-        stats["branch_fixed_fraction"] = float(better.view(-1, K).any(-1).float().mean())
-        stats["branch_rows"] = float(len(out))
-        return out, stats
+            ids, mask = left_pad(heads, pad, self.device)
+            return id_lists(self.sample_ids(ids, mask, params, sampling_uniforms(len(heads), room, g)))[1]
+
+        def judge(origins: list[int], whole: tuple) -> torch.Tensor:
+            p_ids, p_mask, r_ids, r_mask = whole
+            rollout = Rollout(prompt_ids=p_ids, prompt_mask=p_mask, response_ids=r_ids, response_mask=r_mask,
+                              logprobs=torch.zeros(r_ids.shape), values=None)
+            recs = [records[i] for i in origins]
+            completions = self.decode(rollout)
+            result = self.score([rec["prompt"] for rec in recs], completions, recs, id_lists(rollout))
+            raw = torch.tensor([math.nan if x is None else float(x) for x in result.rewards])
+            kept = expert_iteration.select(raw, 1, rb.min_reward, 0)
+            verified = self.verified_prefix_lengths(recs, completions, rollout, skip=kept | torch.isnan(raw))
+            full = r_mask.sum(-1).cpu()
+            return torch.where(kept, full, verified if verified is not None else torch.zeros_like(full))
+
+        return branching.search(starts, branches=rb.branches, branch_first=rb.branch_first,
+                                max_new_tokens=r.max_new_tokens, stop_ids=self.sampling.stop_ids,
+                                banned_ids=self.sampling.banned_ids, pad_id=pad, device=self.device,
+                                next_token_logits=next_token_logits, sample=sample_on, judge=judge)
 
     def replay_step(self, rollout: Rollout, lengths: torch.Tensor, step: int,
                     weights: torch.Tensor | None = None) -> tuple[list, list]:
