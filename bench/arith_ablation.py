@@ -118,8 +118,10 @@ def run_one(name: str, overrides: dict, seed: int, args, out_root: Path) -> dict
         cmd += ["--set", kv]
     t0 = time.time()
     done = out / "summary.json"
-    if args.reuse and done.exists():  # finished earlier (same variant, seed and budget): read it back
+    if (args.reuse or args.finished_only) and done.exists():  # finished earlier (same variant, seed, budget)
         proc, elapsed = None, json.loads(done.read_text())["seconds"]
+    elif args.finished_only:  # not run (yet): left out of the table, which says so
+        return {"variant": name, "seed": seed, "missing": True}
     else:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=child_env())
         elapsed = time.time() - t0
@@ -157,21 +159,29 @@ def summarise(results: list[dict]) -> list[dict]:
         by.setdefault(r["variant"], []).append(r)
     rows = []
     for name, rs in by.items():
-        ok = [r for r in rs if "error" not in r]
+        ok = [r for r in rs if "error" not in r and "missing" not in r]
         if not ok:
-            rows.append({"variant": name, "error": rs[0]["error"]})
+            failed = [r for r in rs if "error" in r]
+            rows.append({"variant": name, "error": failed[0]["error"] if failed else "not run"})
             continue
         acc = [r["accuracy"] for r in ok]
         rows.append({
             "variant": name, "seeds": len(ok),
             "accuracy": statistics.mean(acc), "accuracy_sd": statistics.pstdev(acc) if len(acc) > 1 else 0.0,
-            "accuracy_each": acc,
+            "accuracy_each": acc, "seed_each": [r["seed"] for r in ok],
             "mean_reward": statistics.mean(r["mean_reward"] for r in ok),
             "distinct": statistics.mean(r["distinct"] for r in ok),
             "collapsed": sum(1 for r in ok if collapsed(r)),
             "minutes": statistics.mean(r["seconds"] for r in ok) / 60,
         })
     return rows
+
+
+def per_seed(row: dict, seeds: list[int]) -> str:
+    """The accuracy of each seed's run; named by seed when some of the asked seeds did not finish."""
+    if row["seed_each"] == list(seeds):
+        return ", ".join(f"{a:.3f}" for a in row["accuracy_each"])
+    return ", ".join(f"s{s} {a:.3f}" for s, a in zip(row["seed_each"], row["accuracy_each"]))
 
 
 def markdown(rows: list[dict], title: str, args, load: str = "not recorded") -> str:
@@ -192,7 +202,7 @@ def markdown(rows: list[dict], title: str, args, load: str = "not recorded") -> 
             lines.append(f"| {r['variant']} | failed: {r['error']} | | | | | |")
             continue
         lines.append(f"| {r['variant']} | {r['accuracy']:.3f} ± {r['accuracy_sd']:.3f} | "
-                     f"{', '.join(f'{a:.3f}' for a in r['accuracy_each'])} | {r['mean_reward']:.3f} | "
+                     f"{per_seed(r, args.seeds)} | {r['mean_reward']:.3f} | "
                      f"{r['distinct']:.0f} | {r['collapsed']}/{r['seeds']} | {r['minutes']:.1f} |")
     return "\n".join(lines) + "\n"
 
@@ -216,6 +226,9 @@ def main(argv=None) -> int:
                    help="one warm start per seed shared by all variants (saves time; same start for each)")
     p.add_argument("--markdown", help="write the table into this markdown file (its own section)")
     p.add_argument("--reuse", action="store_true", help="read back runs that finished earlier instead of rerunning")
+    p.add_argument("--finished-only", action="store_true",
+                   help="run nothing: tabulate the runs that finished earlier (a cut-short grid; the per-seed "
+                        "column names the seeds that did)")
     p.add_argument("--json", help="write all per-run results to this JSON file")
     args = p.parse_args(argv)
     suites = SUITES if args.suite == "all" else {args.suite: SUITES[args.suite]}
@@ -227,7 +240,7 @@ def main(argv=None) -> int:
         variants = {k: v for k, v in variants.items() if k in args.only}
     out_root = ROOT / args.out
     jobs = [(n, o, s) for s in args.seeds for n, o in variants.items()]  # seed by seed: a cut-short run has whole seeds
-    if args.shared_warm_start:
+    if args.shared_warm_start and not args.finished_only:
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda s: warm_start(s, args, out_root), args.seeds))
     load_start = os.getloadavg()[0]
