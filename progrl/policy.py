@@ -83,8 +83,22 @@ def fuse_activations(model: nn.Module) -> int:
 def cache_kwargs(lm: nn.Module, past) -> dict:
     """The keyword that hands a causal LM its key/value cache: ``cache`` in transformers >= 5.2x
     (``past_key_values`` there is deprecated, to be removed in 5.40), ``past_key_values`` before."""
+    if past is None:  # no cache to hand over: the model's default (and no deprecated keyword)
+        return {}
     base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm  # a peft wrapper takes **kwargs
     return {"cache": past} if _takes_cache(type(base)) else {"past_key_values": past}
+
+
+def enable_activation_checkpointing(lm: nn.Module) -> None:
+    """Recompute activations in the backward pass, non-reentrant (works with DDP, LoRA's frozen
+    inputs and a forward called more than once): ``activation_checkpointing_enable`` in
+    transformers >= 5.2x (``gradient_checkpointing_enable`` is deprecated there), the older name
+    before."""
+    enable = getattr(lm, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 @functools.lru_cache(maxsize=None)

@@ -40,7 +40,7 @@ from progrl.distributed import Dist, resolve_device
 from progrl.kl import make_kl_controller
 from progrl.losses import (aggregate, batch_entropy, explained_variance_sums, kl_penalty, masked_mean, policy_loss,
                            token_entropy, value_loss)
-from progrl.policy import Policy, Reference
+from progrl.policy import Policy, Reference, enable_activation_checkpointing
 from progrl.prompt_replay import RetryQueue
 from progrl.reductions import (UpdateStats, batch_distribution, gather_batch, minibatch_counts, minibatch_share)
 from progrl.rollout import Rollout, SamplingParams, forward_response, left_pad, sample, sampling_uniforms
@@ -188,8 +188,7 @@ class Trainer:
         self.data_note = task.data_summary()
         lm = with_lora(lm, cfg)
         if cfg.model.gradient_checkpointing:
-            # non-reentrant: works with DDP, LoRA (frozen inputs) and a forward called more than once
-            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(lm)
         self.policy = Policy(lm, value_head=cfg.algo.uses_critic, precision=cfg.model.precision).to(self.device)
         self.policy.eval()  # dropout off: rollout and update must see the same function
         self.model: torch.nn.Module = self.policy  # what the update runs: wrapped for DDP / FSDP by prepare()
