@@ -199,7 +199,7 @@ def markdown(rows: list[dict], title: str, args, load: str = "not recorded") -> 
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['variant']} | failed: {r['error']} | | | | | |")
+            lines.append(f"| {r['variant']} | {'not run' if r['error'] == 'not run' else 'failed: ' + str(r['error'])} | | | | | |")
             continue
         lines.append(f"| {r['variant']} | {r['accuracy']:.3f} ± {r['accuracy_sd']:.3f} | "
                      f"{per_seed(r, args.seeds)} | {r['mean_reward']:.3f} | "
@@ -246,7 +246,8 @@ def main(argv=None) -> int:
     load_start = os.getloadavg()[0]
     with ThreadPoolExecutor(args.jobs) as pool:
         results = list(pool.map(lambda j: run_one(*j, args, out_root), jobs))
-    load = f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
+    load = (f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end" if not args.finished_only
+            else "not recorded (tabulated afterwards)")
     rows = summarise(results)
     title = f"Arithmetic {args.suite}" + ("" if args.task == "arithmetic" else f" ({args.task})")
     text = markdown(rows, title, args, load)
