@@ -162,7 +162,7 @@ def summarise(results: list[dict]) -> list[dict]:
         ok = [r for r in rs if "error" not in r and "missing" not in r]
         if not ok:
             failed = [r for r in rs if "error" in r]
-            rows.append({"variant": name, "error": failed[0]["error"] if failed else "not run"})
+            rows.append({"variant": name, "error": f"failed: {failed[0]['error']}" if failed else "not run"})
             continue
         acc = [r["accuracy"] for r in ok]
         rows.append({
@@ -199,7 +199,7 @@ def markdown(rows: list[dict], title: str, args, load: str = "not recorded") -> 
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['variant']} | {'not run' if r['error'] == 'not run' else 'failed: ' + str(r['error'])} | | | | | |")
+            lines.append(f"| {r['variant']} | {r['error']} | | | | | |")
             continue
         lines.append(f"| {r['variant']} | {r['accuracy']:.3f} ± {r['accuracy_sd']:.3f} | "
                      f"{per_seed(r, args.seeds)} | {r['mean_reward']:.3f} | "

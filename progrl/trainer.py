@@ -401,7 +401,7 @@ class Trainer:
         # 2. rewards: programmed scores, where the samples are; dropped samples (NaN) leave the update
         t0 = time.time()
         result = self.score(prompts, completions, records, id_lists(rollout))
-        raw = torch.tensor([math.nan if x is None else float(x) for x in result.rewards], device=self.device)
+        raw = reward_tensor(result.rewards, self.device)
         truncated = truncated_of(rollout)
         if r.on_truncated == "mask":  # DAPO's overlong filtering: no reward, out of the loss
             raw = raw.masked_fill(truncated, math.nan)
@@ -576,7 +576,7 @@ class Trainer:
             recs = [records[i] for i in origins]
             completions = self.decode(rollout)
             result = self.score([rec["prompt"] for rec in recs], completions, recs, id_lists(rollout))
-            raw = torch.tensor([math.nan if x is None else float(x) for x in result.rewards])
+            raw = reward_tensor(result.rewards)
             kept = expert_iteration.select(raw, 1, rb.min_reward, 0)
             verified = self.verified_prefix_lengths(recs, completions, rollout, skip=kept | torch.isnan(raw))
             full = r_mask.sum(-1).cpu()
@@ -940,6 +940,11 @@ def id_lists(rollout: Rollout) -> tuple[list[list[int]], list[list[int]]]:
     completions = [[t for t, m in zip(row, mask) if m] for row, mask in
                    zip(rollout.response_ids.tolist(), rollout.response_mask.tolist())]
     return prompts, completions
+
+
+def reward_tensor(rewards: list, device=None) -> torch.Tensor:
+    """The reward engine's per-sample rewards as a float tensor, a dropped sample (None) as NaN."""
+    return torch.tensor([math.nan if x is None else float(x) for x in rewards], device=device)
 
 
 def reward_completions(prompts: list, completions: list[str]) -> list:
