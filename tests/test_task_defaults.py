@@ -24,14 +24,13 @@ QUIET = ["--set", "log.progress=false", "--set", "log.tensorboard=false", "--set
 # The one-token default (lr 1e-3) dips for its first ~20 steps (held-out reward 0.738 -> 0.637 at
 # step 12, measured) and is above its start well before step 100 in every measured run, so it is
 # judged after 100 steps (~50 s); the chain's old default was already noise by step 12.
-# The chain default (step-level RAFT with forks from its failures) is judged after 60 steps, where
-# it must also have learned. Its trajectory differs from machine to machine (the warm start's last
-# digits differ with the CPU and the transformers version); measured with 256 held-out prompts:
-# every-step-right chains 6.3% -> 18.8% at step 60 (+12.5 points), paper reward 0.261 -> 0.467
-# (transformers 5.25, fifth session; 16.0% / 0.399 at step 50, 10.9% / 0.324 at step 40: it dips
-# and idles for its first ~40 steps); on the fourth session's machine 7.8% -> 18.4% / 0.282 -> 0.427
-# at step 100 and ~+8 points at step 50. Without the forks the gain at 50 steps was within the
-# noise of 256 greedy answers (+1.6 points and +0.017 with transformers 5.25).
+# The chain default (step-level RAFT, 128 prompts x 4, forks 32 ways from its failures) is judged
+# after 60 steps, where it must also have learned. Its trajectory differs from machine to machine
+# (the warm start's last digits differ with the CPU and the transformers version); measured with
+# 256 held-out prompts (sixth session, transformers 5.25): every-step-right chains 7.8% -> 26.2%
+# at step 60, paper reward 0.282 -> 0.544. The previous default (32 x 16, 8-way forks) measured
+# 6.3% -> 18.8% / 0.261 -> 0.467 on the fifth session's machine; without the forks the gain at 50
+# steps was within the noise of 256 greedy answers (+1.6 points and +0.017).
 STEPS = {"arithmetic": 100, "arithmetic-chain": 60}
 
 
