@@ -302,8 +302,7 @@ class Trainer:
         one process."""
         if not self.dist.enabled:
             return values
-        raw = torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float64,
-                           device=self.device)
+        raw = reward_tensor(values, self.device, torch.float64)  # float64: every value crosses exactly
         return [None if x != x else x for x in self.dist.gather_rows(raw, math.nan).tolist()]
 
     def failures_per_function(self, result) -> dict[str, int]:
@@ -942,9 +941,10 @@ def id_lists(rollout: Rollout) -> tuple[list[list[int]], list[list[int]]]:
     return prompts, completions
 
 
-def reward_tensor(rewards: list, device=None) -> torch.Tensor:
-    """The reward engine's per-sample rewards as a float tensor, a dropped sample (None) as NaN."""
-    return torch.tensor([math.nan if x is None else float(x) for x in rewards], device=device)
+def reward_tensor(rewards: list, device=None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The reward engine's per-sample rewards as a tensor (of torch's default dtype unless ``dtype``), a dropped
+    sample (None) as NaN."""
+    return torch.tensor([math.nan if x is None else float(x) for x in rewards], dtype=dtype, device=device)
 
 
 def reward_completions(prompts: list, completions: list[str]) -> list:
