@@ -89,9 +89,14 @@ def child_env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
+def task_dir(task: str) -> str:
+    """The task's folder under ``--out`` (the one-token task's runs sit at its top, as they always have)."""
+    return "" if task == "arithmetic" else task
+
+
 def warm_start(seed: int, args, out_root: Path) -> Path:
     """One supervised warm start per seed, shared by every variant of that seed."""
-    out = out_root / f"warm-start-s{seed}"
+    out = out_root / task_dir(args.task) / f"warm-start-s{seed}"  # each task's own warm start
     if not (out / "final" / "config.json").exists():
         cmd = [sys.executable, "-m", "progrl", "sft", args.task, "--seed", str(seed), "--out", str(out),
                "--set", "log.progress=false", "--set", f"device={args.device}", "--set", f"threads={args.threads}",
@@ -102,7 +107,7 @@ def warm_start(seed: int, args, out_root: Path) -> Path:
 
 def run_one(name: str, overrides: dict, seed: int, args, out_root: Path) -> dict:
     slug = "".join(c if c.isalnum() else "-" for c in name).strip("-")
-    out = out_root / ("" if args.task == "arithmetic" else args.task) / f"{slug}-s{seed}"
+    out = out_root / task_dir(args.task) / f"{slug}-s{seed}"
     steps = variant_steps(overrides, args.samples, args.task)
     model = []
     if args.shared_warm_start and not any(k.startswith(("model.", "sft.")) for k in overrides):
@@ -136,6 +141,8 @@ def run_one(name: str, overrides: dict, seed: int, args, out_root: Path) -> dict
     return {"variant": name, "seed": seed, "steps": steps, "seconds": elapsed,
             "accuracy_before": evals[0].get("accuracy"), "accuracy": evals[-1].get("accuracy"),
             "mean_reward": evals[-1].get("mean_reward"), "distinct": evals[-1].get("distinct_answers"),
+            # the whole-chain task's goal: held-out chains with every step right (None on the one-token task)
+            "chain_exact_before": evals[0].get("chain_exact"), "chain_exact": evals[-1].get("chain_exact"),
             "train_reward_last": statistics.mean(r["reward_mean"] for r in train[-10:]) if train else None,
             "curve": [(r["step"], r.get("accuracy")) for r in evals], "out": str(out)}
 
@@ -165,10 +172,14 @@ def summarise(results: list[dict]) -> list[dict]:
             rows.append({"variant": name, "error": f"failed: {failed[0]['error']}" if failed else "not run"})
             continue
         acc = [r["accuracy"] for r in ok]
+        exact = [r["chain_exact"] for r in ok if r.get("chain_exact") is not None]
         rows.append({
             "variant": name, "seeds": len(ok),
             "accuracy": statistics.mean(acc), "accuracy_sd": statistics.pstdev(acc) if len(acc) > 1 else 0.0,
             "accuracy_each": acc, "seed_each": [r["seed"] for r in ok],
+            "chain_exact": statistics.mean(exact) if exact else None,
+            "chain_exact_sd": statistics.pstdev(exact) if len(exact) > 1 else 0.0,
+            "chain_exact_each": exact,
             "mean_reward": statistics.mean(r["mean_reward"] for r in ok),
             "distinct": statistics.mean(r["distinct"] for r in ok),
             "collapsed": sum(1 for r in ok if collapsed(r)),
@@ -177,14 +188,25 @@ def summarise(results: list[dict]) -> list[dict]:
     return rows
 
 
-def per_seed(row: dict, seeds: list[int]) -> str:
+def per_seed(row: dict, seeds: list[int], key: str = "accuracy_each") -> str:
     """The accuracy of each seed's run; named by seed when some of the asked seeds did not finish."""
     if row["seed_each"] == list(seeds):
-        return ", ".join(f"{a:.3f}" for a in row["accuracy_each"])
-    return ", ".join(f"s{s} {a:.3f}" for s, a in zip(row["seed_each"], row["accuracy_each"]))
+        return ", ".join(f"{a:.3f}" for a in row[key])
+    return ", ".join(f"s{s} {a:.3f}" for s, a in zip(row["seed_each"], row[key]))
 
 
-def markdown(rows: list[dict], title: str, args, load: str = "not recorded") -> str:
+def starts(results: list[dict]) -> str:
+    """Each seed's held-out numbers before RL (its warm start), from the runs that finished."""
+    seen: dict[int, str] = {}
+    for r in results:
+        if r.get("accuracy_before") is not None and r["seed"] not in seen:
+            exact = r.get("chain_exact_before")
+            seen[r["seed"]] = (f"s{r['seed']} {r['accuracy_before']:.3f}"
+                               + (f" (every step right {exact:.3f})" if exact is not None else ""))
+    return ", ".join(seen[s] for s in sorted(seen))
+
+
+def markdown(rows: list[dict], title: str, args, load: str = "not recorded", start: str = "") -> str:
     budget = args.samples or variant_steps({}, None, args.task) * _per_step(args.task)
     lines = [f"## {title}", "",
              f"Task `{args.task}`; budget per run: {budget:,} sampled answers; device {args.device}; seeds "
@@ -194,16 +216,25 @@ def markdown(rows: list[dict], title: str, args, load: str = "not recorded") -> 
              f"{' --only ' + ' '.join(repr(v) for v in args.only) if args.only else ''}"
              f"{f' --samples {args.samples}' if args.samples else ''}"
              f"{' --shared-warm-start' if args.shared_warm_start else ''}` "
-             f"({'one warm start per seed shared by the variants' if args.shared_warm_start else 'own warm start per run'}).", "",
-             "| variant | held-out accuracy (mean ± sd) | per seed | mean reward | distinct answers | collapsed runs | minutes/run |",
-             "|---|---|---|---|---|---|---|"]
+             f"({'one warm start per seed shared by the variants' if args.shared_warm_start else 'own warm start per run'})."
+             + (f" Held-out accuracy before RL: {start}." if start else ""), ""]
+    chains = any(r.get("chain_exact") is not None for r in rows)
+    head = ["variant", "held-out accuracy (mean ± sd)", "per seed", "mean reward", "distinct answers",
+            "collapsed runs", "minutes/run"]
+    if chains:  # the chain task's goal first: every step right, not only the final number
+        head[1:1] = ["every step right (mean ± sd)", "per seed"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['variant']} | {r['error']} | | | | | |")
+            lines.append(f"| {r['variant']} | {r['error']} |" + " |" * (len(head) - 2))
             continue
-        lines.append(f"| {r['variant']} | {r['accuracy']:.3f} ± {r['accuracy_sd']:.3f} | "
-                     f"{per_seed(r, args.seeds)} | {r['mean_reward']:.3f} | "
-                     f"{r['distinct']:.0f} | {r['collapsed']}/{r['seeds']} | {r['minutes']:.1f} |")
+        cells = [r["variant"], f"{r['accuracy']:.3f} ± {r['accuracy_sd']:.3f}", per_seed(r, args.seeds),
+                 f"{r['mean_reward']:.3f}", f"{r['distinct']:.0f}", f"{r['collapsed']}/{r['seeds']}",
+                 f"{r['minutes']:.1f}"]
+        if chains:
+            cells[1:1] = [f"{r['chain_exact']:.3f} ± {r['chain_exact_sd']:.3f}",
+                          per_seed(r, args.seeds, "chain_exact_each")]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -250,7 +281,7 @@ def main(argv=None) -> int:
             else "not recorded (tabulated afterwards)")
     rows = summarise(results)
     title = f"Arithmetic {args.suite}" + ("" if args.task == "arithmetic" else f" ({args.task})")
-    text = markdown(rows, title, args, load)
+    text = markdown(rows, title, args, load, starts(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     benchdoc.publish(text, title, args.markdown, heading="# Results")
