@@ -172,7 +172,8 @@ def summarise(results: list[dict]) -> list[dict]:
             rows.append({"variant": name, "error": f"failed: {failed[0]['error']}" if failed else "not run"})
             continue
         acc = [r["accuracy"] for r in ok]
-        exact = [r["chain_exact"] for r in ok if r.get("chain_exact") is not None]
+        exact = [r.get("chain_exact") for r in ok]
+        exact = exact if None not in exact else []  # every run's, so each lines up with its seed, or none
         rows.append({
             "variant": name, "seeds": len(ok),
             "accuracy": statistics.mean(acc), "accuracy_sd": statistics.pstdev(acc) if len(acc) > 1 else 0.0,
